@@ -1,0 +1,30 @@
+# `make run` installs everything and starts the chat; `make test` runs the test suite.
+# Both create .venv on first use and reinstall only when a requirements file changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: run test bench install
+
+run: $(VENV)/.installed
+	$(BIN)/chainlit run app.py --headless
+
+test: $(VENV)/.installed-test
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/answer_latency.py
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+# Browser tests drive Debian's Chromium; Playwright cannot download its own browsers here.
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+	$(BIN)/pip install -r requirements-test.txt
+	touch $@

@@ -1,0 +1,82 @@
+"""The interface between the chat UI and whatever answers: one `Backend` per process, one
+`Chat` per conversation, and a stream of events per question.
+
+A backend turns a question into events, in order: `Step`s (work shown to the user, such as
+the passages retrieved), `Token`s (the answer as it is written) and, at the end, `Sources`.
+The UI renders them; it knows nothing about llama_index or OpenAI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ragchat.config import ConfigError, Settings
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    input: str
+    output: str
+    type: Literal["retrieval", "tool", "llm"] = "retrieval"
+
+
+@dataclass(frozen=True)
+class Source:
+    file_name: str
+    text: str
+    page: str | None = None
+    score: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.file_name} p. {self.page}" if self.page else self.file_name
+
+
+@dataclass(frozen=True)
+class Sources:
+    items: tuple[Source, ...]
+
+
+Event = Token | Step | Sources
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class Chat(Protocol):
+    def ask(self, question: str) -> AsyncIterator[Event]: ...
+
+
+class Backend(Protocol):
+    def new_chat(self, history: Sequence[Turn] = ()) -> Chat: ...
+
+
+def create_backend(settings: Settings) -> Backend:
+    """Build the backend RAG_BACKEND names, loading its models and index once."""
+    if settings.rag_backend == "assistant":
+        raise ConfigError(
+            "Invalid setting RAG_BACKEND='assistant': the hosted assistant backend is not "
+            "available in this version yet; use RAG_BACKEND=llama_index"
+        )
+    from ragchat.backends.llama_index import LlamaIndexBackend
+
+    return LlamaIndexBackend.from_settings(settings)
+
+
+def group_by_label(sources: Sequence[Source]) -> dict[str, list[Source]]:
+    """Sources per file and page, in the order they were first cited."""
+    groups: dict[str, list[Source]] = {}
+    for source in sources:
+        groups.setdefault(source.label, []).append(source)
+    return groups

@@ -1,0 +1,153 @@
+"""The local backend: retrieval over the LanceDB index, answers from llama_index's
+condense-plus-context chat engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from llama_index.core import VectorStoreIndex
+from llama_index.core.chat_engine import CondensePlusContextChatEngine
+from llama_index.core.llms import LLM, ChatMessage
+from llama_index.core.memory import Memory
+from llama_index.core.postprocessor import SimilarityPostprocessor
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.response_synthesizers import CompactAndRefine
+from llama_index.core.schema import NodeWithScore
+
+from ragchat.backends import Event, Source, Sources, Step, Token, Turn
+from ragchat.config import Settings
+from ragchat.index import open_index
+from ragchat.models import build_embed_model, build_llm, embed_name, llm_name
+
+log = logging.getLogger(__name__)
+
+CONTEXT_PROMPT = """You are {bot_name}, an assistant that answers questions about the user's documents.
+Here are passages from the documents:
+
+{context_str}
+
+Answer the user's question from these passages only, in a few sentences. If they do not contain \
+the answer, say that the documents do not say."""
+
+NO_CONTEXT_ANSWER = (
+    "I found nothing in the documents about that, so I won't guess. Try other words, or add "
+    "the document that holds the answer."
+)
+
+
+class FollowUpChatEngine(CondensePlusContextChatEngine):
+    """Condense-plus-context that can retrieve for a follow-up without an LLM rewrite.
+
+    A 135M model rewrites "and who wrote it?" into nonsense more often than not; joining the
+    recent questions gives the retriever the topic without asking the model (see
+    bench/followup_retrieval.py for the comparison).
+    """
+
+    def __init__(self, *args: Any, recent_turns: int | None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._recent_turns = recent_turns
+
+    async def _acondense_question(self, chat_history: list[ChatMessage], latest_message: str) -> str:
+        if self._recent_turns is None:
+            return await super()._acondense_question(chat_history, latest_message)
+        return recent_questions(chat_history, latest_message, self._recent_turns)
+
+    def _get_response_synthesizer(
+        self, chat_history: list[ChatMessage], streaming: bool = False
+    ) -> CompactAndRefine:
+        synthesizer = super()._get_response_synthesizer(chat_history, streaming)
+        # What is streamed when no passage passed the similarity cutoff; llama_index has no
+        # parameter for it on this path and would answer "Empty Response".
+        synthesizer._empty_response = NO_CONTEXT_ANSWER
+        return synthesizer
+
+
+def recent_questions(history: Sequence[ChatMessage], latest: str, turns: int) -> str:
+    """The last `turns` questions of the conversation and the latest one, as one query."""
+    asked = [m.content for m in history if m.role.value == "user" and m.content]
+    return "\n".join([*asked[-turns:], latest] if turns else [latest])
+
+
+class LlamaIndexBackend:
+    def __init__(self, settings: Settings, llm: LLM, index: VectorStoreIndex):
+        self._settings = settings
+        self._llm = llm
+        self._index = index
+        self._context_prompt = PromptTemplate(CONTEXT_PROMPT).partial_format(
+            bot_name=settings.bot_name
+        )
+        condense = settings.followup_query == "condense" or (
+            settings.followup_query == "auto" and not settings.llm_is_local
+        )
+        self._recent_turns = None if condense else settings.history_turns
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LlamaIndexBackend:
+        log.info("LLM: %s", llm_name(settings))
+        log.info("Embeddings: %s", embed_name(settings))
+        embed_model = build_embed_model(settings)
+        index = open_index(settings, embed_model)
+        return cls(settings, build_llm(settings), index)
+
+    def new_chat(self, history: Sequence[Turn] = ()) -> LlamaIndexChat:
+        settings = self._settings
+        # What is left of the context window once passages and the answer have their room.
+        history_budget = max(
+            256, settings.llm_context_window - settings.llm_max_tokens - 2 * settings.top_k * settings.chunk_size
+        )
+        memory = Memory.from_defaults(
+            chat_history=[ChatMessage(role=turn.role, content=turn.content) for turn in history],
+            token_limit=history_budget,
+        )
+        engine = FollowUpChatEngine(
+            retriever=self._index.as_retriever(similarity_top_k=settings.top_k),
+            llm=self._llm,
+            memory=memory,
+            context_prompt=self._context_prompt,
+            node_postprocessors=[
+                SimilarityPostprocessor(similarity_cutoff=settings.similarity_cutoff)
+            ],
+            recent_turns=self._recent_turns,
+        )
+        return LlamaIndexChat(engine)
+
+
+class LlamaIndexChat:
+    def __init__(self, engine: FollowUpChatEngine):
+        self._engine = engine
+
+    async def ask(self, question: str) -> AsyncIterator[Event]:
+        response = await self._engine.astream_chat(question)
+        try:
+            query = response.sources[0].raw_input["message"]
+            sources = tuple(_source(node) for node in response.source_nodes)
+            yield Step(name="Retrieve", input=query, output=_passages(sources))
+            async for token in response.async_response_gen():
+                yield Token(token)
+            if sources:
+                yield Sources(sources)
+        finally:
+            # When the user stops the answer, stop generating it too.
+            writer = response.awrite_response_to_history_task
+            if writer is not None and not writer.done():
+                writer.cancel()
+
+
+def _source(hit: NodeWithScore) -> Source:
+    metadata = hit.node.metadata
+    return Source(
+        file_name=metadata.get("file_name", "unknown file"),
+        page=metadata.get("page_label"),
+        text=hit.node.get_content(),
+        score=hit.score,
+    )
+
+
+def _passages(sources: Sequence[Source]) -> str:
+    if not sources:
+        return "No passage was relevant enough to use."
+    return "\n\n".join(
+        f"**{source.label}** (similarity {source.score:.2f})\n\n{source.text}" for source in sources
+    )

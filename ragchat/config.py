@@ -1,0 +1,160 @@
+"""Typed settings read from the environment and `.env`, validated once at start.
+
+Every setting is documented in `.env.example`. `load_settings()` turns a validation failure
+into a `ConfigError` whose message is one line per bad value: what was wrong and what is
+allowed, so the app can stop with that line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting has a value the app cannot run with."""
+
+
+Provider = Literal["auto", "local", "openai"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # `LOCAL_LLM_PATH=` in .env means "use the default"
+        extra="ignore",
+    )
+
+    rag_backend: Literal["llama_index", "assistant"] = "llama_index"
+
+    data_dir: Path = Path("data")
+    storage_dir: Path = Path("storage")
+
+    # Which models answer and embed. "auto" means OpenAI when OPENAI_API_KEY is set,
+    # otherwise the local models that ship inside Python packages.
+    llm_provider: Provider = "auto"
+    embed_provider: Provider = "auto"
+    local_llm_path: Path | None = None
+    local_embed_path: Path | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4.1-mini"
+    openai_embed_model: str = "text-embedding-3-small"
+
+    # Sampling for generation; the defaults keep a 135M model from looping.
+    llm_temperature: float = Field(0.2, ge=0.0, le=2.0)
+    llm_top_p: float = Field(0.9, gt=0.0, le=1.0)
+    llm_repeat_penalty: float = Field(1.2, ge=1.0, le=2.0)
+    llm_max_tokens: int = Field(384, ge=16, le=8192)
+    llm_context_window: int = Field(4096, ge=512, le=131072)
+    llm_threads: int | None = Field(None, ge=1)
+
+    # Retrieval
+    chunk_size: int = Field(240, ge=32, le=8192)
+    chunk_overlap: int = Field(24, ge=0)
+    top_k: int = Field(4, ge=1, le=50)
+    similarity_cutoff: float = Field(0.25, ge=-1.0, le=1.0)
+    # "auto": condense follow-ups with the LLM when it is a capable (OpenAI) model,
+    # otherwise retrieve with the recent questions joined together.
+    followup_query: Literal["auto", "condense", "recent_turns"] = "auto"
+    history_turns: int = Field(1, ge=0, le=20)
+
+    # Persona
+    bot_name: str = Field("Ragchat", min_length=1, max_length=60)
+    welcome_message: str = (
+        "Hi! I answer questions about the documents in this workspace and show where each "
+        "answer comes from."
+    )
+    starters: Annotated[list[str], NoDecode] = [
+        "What can ragchat do?",
+        "How do I add my own documents?",
+        "Which settings change the model?",
+    ]
+
+    @field_validator("starters", mode="before")
+    @classmethod
+    def _split_starters(cls, value: object) -> object:
+        # One line in .env is friendlier than JSON: STARTERS="First?|Second?"
+        if isinstance(value, str):
+            return [part.strip() for part in value.split("|") if part.strip()]
+        return value
+
+    @field_validator("local_llm_path")
+    @classmethod
+    def _gguf_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(
+                f"no file at {value}; give the path of a .gguf model file, "
+                "or leave it empty to use the bundled SmolLM2"
+            )
+        return value
+
+    @field_validator("local_embed_path")
+    @classmethod
+    def _embed_folder_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(
+                f"no folder at {value}; give a sentence-transformers model folder, "
+                "or leave it empty to use the bundled all-MiniLM-L6-v2"
+            )
+        return value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _is_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL, e.g. http://127.0.0.1:8080/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"CHUNK_SIZE ({self.chunk_size})"
+            )
+        if self.openai_api_key is None:
+            for name in ("llm_provider", "embed_provider"):
+                if getattr(self, name) == "openai":
+                    raise ValueError(
+                        f"{name.upper()}=openai needs OPENAI_API_KEY; set it, "
+                        "or use 'local' or 'auto'"
+                    )
+        return self
+
+    @property
+    def llm_is_local(self) -> bool:
+        return _resolve(self.llm_provider, self.openai_api_key) == "local"
+
+    @property
+    def embed_is_local(self) -> bool:
+        return _resolve(self.embed_provider, self.openai_api_key) == "local"
+
+
+def _resolve(provider: Provider, api_key: SecretStr | None) -> Literal["local", "openai"]:
+    if provider == "auto":
+        return "openai" if api_key is not None else "local"
+    return provider
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, raising ConfigError with one line per bad value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError("\n".join(_describe(e) for e in error.errors())) from None
+
+
+def _describe(error: dict) -> str:
+    location = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if not location:  # a model-level check already names its settings
+        return f"Invalid setting: {message}"
+    setting = location.split(".")[0].upper()
+    got = error.get("input")
+    shown = f"={got!r}" if isinstance(got, (str, int, float)) else ""
+    return f"Invalid setting {setting}{shown}: {message}"

@@ -1,0 +1,43 @@
+"""Fixtures over real parts: real folders, the real bundled models, a real index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ragchat.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "ragchat-user-guide.md"
+SETTING_NAMES = [name.upper() for name in Settings.model_fields]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No ragchat setting from the developer's shell or .env: each test sets its own."""
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # so no .env of the project is read
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def guide_backend(tmp_path_factory: pytest.TempPathFactory):
+    """The llama_index backend on the real local models, over a folder holding the user guide."""
+    from ragchat.backends import create_backend
+    from ragchat.config import load_settings
+
+    root = tmp_path_factory.mktemp("guide")
+    (root / "data").mkdir()
+    shutil.copy(GUIDE, root / "data")
+    saved = {name: os.environ.pop(name) for name in SETTING_NAMES if name in os.environ}
+    try:
+        settings = load_settings(
+            _env_file=None, data_dir=root / "data", storage_dir=root / "storage"
+        )
+        yield create_backend(settings)
+    finally:
+        os.environ.update(saved)
