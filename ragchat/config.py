@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     chunk_size: int = Field(240, ge=32, le=8192)
     chunk_overlap: int = Field(24, ge=0)
     top_k: int = Field(4, ge=1, le=50)
-    similarity_cutoff: float = Field(0.25, ge=-1.0, le=1.0)
+    similarity_cutoff: float = Field(0.2, ge=-1.0, le=1.0)
     # "auto": condense follow-ups with the LLM when it is a capable (OpenAI) model,
     # otherwise retrieve with the recent questions joined together.
     followup_query: Literal["auto", "condense", "recent_turns"] = "auto"
@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     starters: Annotated[list[str], NoDecode] = [
         "What can ragchat do?",
         "How do I add my own documents?",
-        "Which settings change the model?",
+        "Which models does ragchat use?",
     ]
 
     @field_validator("starters", mode="before")

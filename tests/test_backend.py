@@ -1,0 +1,121 @@
+"""The backend interface on the real local models: events, sources, follow-ups, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llama_index.core.llms import ChatMessage
+
+from ragchat.backends import (
+    Source,
+    Sources,
+    Step,
+    Token,
+    Turn,
+    create_backend,
+    group_by_label,
+)
+from ragchat.backends.llama_index import NO_CONTEXT_ANSWER, recent_questions
+from ragchat.config import ConfigError, load_settings
+
+
+async def collect(chat, question: str) -> list:
+    return [event async for event in chat.ask(question)]
+
+
+def answer_text(events: list) -> str:
+    return "".join(event.text for event in events if isinstance(event, Token))
+
+
+async def test_answer_streams_after_retrieval_and_ends_with_its_sources(guide_backend) -> None:
+    events = await collect(guide_backend.new_chat(), "Which file types are supported?")
+
+    step = events[0]
+    assert isinstance(step, Step) and step.name == "Retrieve"
+    assert step.input == "Which file types are supported?"
+    assert "ragchat-user-guide.md" in step.output
+
+    tokens = [event for event in events[1:-1] if isinstance(event, Token)]
+    assert len(tokens) > 3, "the answer arrives in pieces, not at once"
+    assert answer_text(events).strip() and answer_text(events) != NO_CONTEXT_ANSWER
+
+    sources = events[-1]
+    assert isinstance(sources, Sources)
+    assert {source.file_name for source in sources.items} == {"ragchat-user-guide.md"}
+    assert any("Supported file types" in source.text for source in sources.items)
+    # What the user sees is what the model was given: every source is in the step's passages.
+    assert all(source.text in step.output for source in sources.items)
+
+
+@pytest.mark.parametrize("question", ["How do I cook pasta?", "Who won the football world cup?"])
+async def test_nothing_relevant_gives_an_honest_answer_without_sources(
+    guide_backend, question: str
+) -> None:
+    events = await collect(guide_backend.new_chat(), question)
+    assert answer_text(events) == NO_CONTEXT_ANSWER
+    assert not any(isinstance(event, Sources) for event in events)
+    assert events[0].output == "No passage was relevant enough to use."
+
+
+async def test_follow_up_retrieves_with_the_previous_question(guide_backend) -> None:
+    chat = guide_backend.new_chat()
+    await collect(chat, "How do I use OpenAI models?")
+    events = await collect(chat, "and which setting picks the embedding model?")
+    assert events[0].input == (
+        "How do I use OpenAI models?\nand which setting picks the embedding model?"
+    )
+    assert "OPENAI_EMBED_MODEL" in events[0].output
+
+
+async def test_a_chat_resumes_from_its_stored_turns(guide_backend) -> None:
+    chat = guide_backend.new_chat(
+        history=[
+            Turn("user", "Where does the index live?"),
+            Turn("assistant", "In the storage folder."),
+        ]
+    )
+    events = await collect(chat, "and how do I rebuild it?")
+    assert events[0].input == "Where does the index live?\nand how do I rebuild it?"
+    assert "Deleting that folder and restarting rebuilds the index" in events[0].output
+
+
+def test_recent_questions_keeps_only_the_users_last_turns() -> None:
+    history = [
+        ChatMessage(role="user", content="first?"),
+        ChatMessage(role="assistant", content="an answer"),
+        ChatMessage(role="user", content="second?"),
+        ChatMessage(role="assistant", content="another"),
+    ]
+    assert recent_questions(history, "third?", 1) == "second?\nthird?"
+    assert recent_questions(history, "third?", 5) == "first?\nsecond?\nthird?"
+    assert recent_questions(history, "third?", 0) == "third?"
+
+
+def test_sources_are_grouped_per_file_and_page_in_citation_order() -> None:
+    sources = [
+        Source("b.pdf", "one", page="3"),
+        Source("a.md", "two"),
+        Source("b.pdf", "three", page="3"),
+        Source("b.pdf", "four", page="4"),
+    ]
+    groups = group_by_label(sources)
+    assert list(groups) == ["b.pdf p. 3", "a.md", "b.pdf p. 4"]
+    assert [s.text for s in groups["b.pdf p. 3"]] == ["one", "three"]
+
+
+def test_assistant_backend_is_refused_with_a_clear_error(clean_env: Path) -> None:
+    with pytest.raises(ConfigError, match="RAG_BACKEND='assistant'.*use RAG_BACKEND=llama_index"):
+        create_backend(load_settings(rag_backend="assistant"))
+
+
+async def test_empty_data_folder_starts_and_says_there_is_nothing(
+    clean_env: Path,
+) -> None:
+    """A data folder with only a hidden file: no sample is seeded over it, nothing crashes."""
+    (clean_env / "data").mkdir()
+    (clean_env / "data" / ".hidden").write_text("not a document")
+    settings = load_settings(_env_file=None, data_dir="data", storage_dir="storage")
+    events = await collect(create_backend(settings).new_chat(), "What can ragchat do?")
+    assert answer_text(events) == NO_CONTEXT_ANSWER
+    assert sorted(p.name for p in (clean_env / "data").iterdir()) == [".hidden"]
