@@ -1,0 +1,147 @@
+"""The README's first command brings the app up; in real Chromium a question about the sample
+corpus gets a streamed answer with a source naming the right file."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+from .conftest import ROOT, SETTING_NAMES
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the networking flags Chromium keeps dialling out, which this machine refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ANSWER = '[data-step-type="assistant_message"] .message-content'
+RECORD_ANSWER_LENGTHS = """() => {
+    window.answerLengths = [];
+    new MutationObserver(() => {
+        const messages = document.querySelectorAll('%s');
+        if (messages.length < 2) return;  // only the welcome message so far
+        const length = messages[messages.length - 1].innerText.length;
+        if (window.answerLengths.at(-1) !== length) window.answerLengths.push(length);
+    }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}""" % ANSWER
+
+
+def readme_run_command() -> str:
+    """The first line of the README's first code block, without its comment."""
+    block = re.search(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "the README opens with a code block of commands"
+    return block.group(1).splitlines()[0].split("#")[0].strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_served(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"the app did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("app")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in SETTING_NAMES}
+    env.update(
+        DATA_DIR=str(root / "data"), STORAGE_DIR=str(root / "storage"), CHAINLIT_PORT=str(port)
+    )
+    log = root / "app.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            shlex.split(readme_run_command()),
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # so the whole process group can be stopped
+        )
+    try:
+        # On a machine where `make test` already installed everything this takes seconds.
+        wait_until_served(f"http://127.0.0.1:{port}/", process, log, timeout=1200)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    assert "Copied the sample document ragchat-user-guide.md" in log.read_text()
+
+
+def sources_of(answer: Locator) -> Locator:
+    """The source links of the "Sources:" line (the answer's text may name files too)."""
+    return answer.get_by_role("article").filter(has_text="Sources:").locator("a.element-link")
+
+
+@pytest.fixture
+def page(app_url: str) -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(app_url)
+        yield page
+        browser.close()
+
+
+def test_question_gets_a_streamed_answer_with_its_source(page: Page) -> None:
+    welcome = page.locator(ANSWER).first
+    expect(welcome).to_contain_text("I answer questions about the documents")
+    expect(page.get_by_role("button", name="How do I add my own documents?")).to_be_visible()
+
+    # Record every length the answer is seen at while it is written; a streamed answer grows
+    # in many steps, an answer sent whole appears at once.
+    page.evaluate(RECORD_ANSWER_LENGTHS)
+    page.locator("#chat-input").fill("Which file types are supported?")
+    page.keyboard.press("Enter")
+
+    answer = page.locator(ANSWER).nth(1)
+    expect(answer).to_contain_text("Sources:", timeout=180_000)
+    lengths = page.evaluate("window.answerLengths")
+    assert len(lengths) >= 4, f"the answer was seen at only these lengths: {lengths}"
+    assert lengths == sorted(lengths)
+
+    expect(page.get_by_text("Used Retrieve")).to_be_visible()
+    source = sources_of(answer)
+    expect(source).to_have_text("ragchat-user-guide.md")
+    source.click()
+    expect(page.locator("#side-view-title")).to_contain_text("ragchat-user-guide.md")
+    expect(page.locator("#side-view-content")).to_contain_text("Supported file types")
+
+
+def test_a_starter_question_is_asked_with_one_click(page: Page) -> None:
+    page.get_by_role("button", name="Which models does ragchat use?").click()
+    expect(page.locator('[data-step-type="user_message"]')).to_contain_text(
+        "Which models does ragchat use?"
+    )
+    answer = page.locator(ANSWER).nth(1)
+    expect(answer).to_contain_text("Sources:", timeout=180_000)
+    expect(sources_of(answer)).to_have_text("ragchat-user-guide.md")
