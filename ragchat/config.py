@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(24, ge=0)
     top_k: int = Field(4, ge=1, le=50)
     similarity_cutoff: float = Field(0.2, ge=-1.0, le=1.0)
-    # "auto": condense follow-ups with the LLM when it is a capable (OpenAI) model,
-    # otherwise retrieve with the recent questions joined together.
+    # "auto": condense follow-ups with the LLM when it is a capable (OpenAI) model, otherwise
+    # search with the recent questions too (bench/followup_retrieval.py compares them).
     followup_query: Literal["auto", "condense", "recent_turns"] = "auto"
     history_turns: int = Field(1, ge=0, le=20)
 

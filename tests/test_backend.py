@@ -16,7 +16,7 @@ from ragchat.backends import (
     create_backend,
     group_by_label,
 )
-from ragchat.backends.llama_index import NO_CONTEXT_ANSWER, recent_questions
+from ragchat.backends.llama_index import NO_CONTEXT_ANSWER, follow_up_query
 from ragchat.config import ConfigError, load_settings
 
 
@@ -80,16 +80,30 @@ async def test_a_chat_resumes_from_its_stored_turns(guide_backend) -> None:
     assert "Deleting that folder and restarting rebuilds the index" in events[0].output
 
 
-def test_recent_questions_keeps_only_the_users_last_turns() -> None:
+def test_follow_up_query_weights_the_latest_question_over_the_users_last_turns() -> None:
     history = [
         ChatMessage(role="user", content="first?"),
         ChatMessage(role="assistant", content="an answer"),
         ChatMessage(role="user", content="second?"),
         ChatMessage(role="assistant", content="another"),
     ]
-    assert recent_questions(history, "third?", 1) == "second?\nthird?"
-    assert recent_questions(history, "third?", 5) == "first?\nsecond?\nthird?"
-    assert recent_questions(history, "third?", 0) == "third?"
+    query = follow_up_query(history, "third?", 1)
+    assert query.query_str == "second?\nthird?"
+    assert query.embedding_strs == ["third?", "third?", "second?"]
+    assert follow_up_query(history, "third?", 5).embedding_strs == [
+        "third?",
+        "third?",
+        "first?",
+        "second?",
+    ]
+    assert follow_up_query(history, "third?", 0).embedding_strs == ["third?", "third?"]
+
+
+async def test_a_new_topic_is_not_drowned_by_the_history(guide_backend) -> None:
+    chat = guide_backend.new_chat()
+    await collect(chat, "How do I add my own documents?")
+    events = await collect(chat, "Who won the football world cup?")
+    assert answer_text(events) == NO_CONTEXT_ANSWER
 
 
 def test_sources_are_grouped_per_file_and_page_in_citation_order() -> None:

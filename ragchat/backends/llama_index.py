@@ -9,12 +9,12 @@ from typing import Any
 
 from llama_index.core import VectorStoreIndex
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
-from llama_index.core.llms import LLM, ChatMessage
+from llama_index.core.llms import LLM, ChatMessage, MessageRole
 from llama_index.core.memory import Memory
 from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.response_synthesizers import CompactAndRefine
-from llama_index.core.schema import NodeWithScore
+from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ragchat.backends import Event, Source, Sources, Step, Token, Turn
 from ragchat.config import Settings
@@ -40,19 +40,29 @@ NO_CONTEXT_ANSWER = (
 class FollowUpChatEngine(CondensePlusContextChatEngine):
     """Condense-plus-context that can retrieve for a follow-up without an LLM rewrite.
 
-    A 135M model rewrites "and who wrote it?" into nonsense more often than not; joining the
-    recent questions gives the retriever the topic without asking the model (see
-    bench/followup_retrieval.py for the comparison).
+    A 135M model rewrites "and how do I do that on Upsun?" badly. Instead, with `recent_turns`
+    set, the retrieval query is built from the conversation: see `follow_up_query`.
+    bench/followup_retrieval.py measures the choices.
     """
 
     def __init__(self, *args: Any, recent_turns: int | None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._recent_turns = recent_turns
 
-    async def _acondense_question(self, chat_history: list[ChatMessage], latest_message: str) -> str:
+    async def _acondense_question(
+        self, chat_history: list[ChatMessage], latest_message: str
+    ) -> str | QueryBundle:
         if self._recent_turns is None:
             return await super()._acondense_question(chat_history, latest_message)
-        return recent_questions(chat_history, latest_message, self._recent_turns)
+        return follow_up_query(chat_history, latest_message, self._recent_turns)
+
+    async def _aget_nodes(self, message: str | QueryBundle) -> list[NodeWithScore]:
+        # The parent wraps the query in a fresh QueryBundle, which would drop the weighting.
+        query = message if isinstance(message, QueryBundle) else QueryBundle(message)
+        nodes = await self._retriever.aretrieve(query)
+        for postprocessor in self._node_postprocessors:
+            nodes = await postprocessor.apostprocess_nodes(nodes, query_bundle=query)
+        return nodes
 
     def _get_response_synthesizer(
         self, chat_history: list[ChatMessage], streaming: bool = False
@@ -64,10 +74,18 @@ class FollowUpChatEngine(CondensePlusContextChatEngine):
         return synthesizer
 
 
-def recent_questions(history: Sequence[ChatMessage], latest: str, turns: int) -> str:
-    """The last `turns` questions of the conversation and the latest one, as one query."""
-    asked = [m.content for m in history if m.role.value == "user" and m.content]
-    return "\n".join([*asked[-turns:], latest] if turns else [latest])
+def follow_up_query(history: Sequence[ChatMessage], latest: str, turns: int) -> QueryBundle:
+    """A retrieval query for `latest` that also knows the last `turns` questions.
+
+    The query vector is the mean of the embeddings of the latest question, counted twice, and
+    of each earlier question: the topic of the conversation carries a bare follow-up, while a
+    question on a new topic still outweighs the history.
+    """
+    asked = [m.content for m in history if m.role == MessageRole.USER and m.content]
+    earlier = asked[-turns:] if turns else []
+    return QueryBundle(
+        query_str="\n".join([*earlier, latest]), custom_embedding_strs=[latest, latest, *earlier]
+    )
 
 
 class LlamaIndexBackend:
@@ -121,7 +139,7 @@ class LlamaIndexChat:
     async def ask(self, question: str) -> AsyncIterator[Event]:
         response = await self._engine.astream_chat(question)
         try:
-            query = response.sources[0].raw_input["message"]
+            query = str(response.sources[0].raw_input["message"])
             sources = tuple(_source(node) for node in response.source_nodes)
             yield Step(name="Retrieve", input=query, output=_passages(sources))
             async for token in response.async_response_gen():
