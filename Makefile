@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test bench install
+.PHONY: run test bench install lock
 
 run: $(VENV)/.installed
 	$(BIN)/chainlit run app.py --headless
@@ -18,13 +18,19 @@ bench: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install -r requirements.txt -c requirements.lock
 	touch $@
 
 # Browser tests drive Debian's Chromium; Playwright cannot download its own browsers here.
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
-	$(BIN)/pip install -r requirements-test.txt
+	$(BIN)/pip install -r requirements-test.txt -c requirements.lock
 	touch $@
+
+# Pins every installed package (the direct ones are in requirements*.txt) for the next installs.
+lock: $(VENV)/.installed-test
+	{ echo "# Every package's exact version, as tested; used as constraints by the Makefile."; \
+	  echo "# Regenerate after changing requirements*.txt: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | sort -f; } > requirements.lock

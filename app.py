@@ -1,11 +1,19 @@
 """Chainlit handlers: the chat UI's glue to a ragchat backend. The logic lives in ragchat/."""
 
+import logging
 import sys
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
 
-from ragchat.backends import Sources, Step, Token, create_backend, group_by_label
+from ragchat.backends import (
+    QuestionRejected,
+    Sources,
+    Step,
+    Token,
+    create_backend,
+    group_by_label,
+)
 from ragchat.config import ConfigError, load_settings
 from ragchat.logs import setup_logging
 
@@ -17,6 +25,7 @@ except ConfigError as error:
     sys.exit(f"ragchat cannot start: {error}")
 
 chainlit_config.ui.name = settings.bot_name
+log = logging.getLogger("ragchat.app")
 
 
 @cl.on_chat_start
@@ -44,16 +53,28 @@ async def on_message(message: cl.Message) -> None:
 async def answer(question: str) -> None:
     reply = cl.Message(content="")
     sources = Sources(items=())
-    async for event in cl.user_session.get("chat").ask(question):
-        match event:
-            case Token(text):
-                await reply.stream_token(text)
-            case Step(name, step_input, output, step_type):
-                async with cl.Step(name=name, type=step_type) as step:
-                    step.input = step_input
-                    step.output = output
-            case Sources():
-                sources = event
+    try:
+        async for event in cl.user_session.get("chat").ask(question):
+            match event:
+                case Token(text):
+                    await reply.stream_token(text)
+                case Step(name, step_input, output, step_type):
+                    async with cl.Step(name=name, type=step_type) as step:
+                        step.input = step_input
+                        step.output = output
+                case Sources():
+                    sources = event
+    except QuestionRejected as rejection:
+        await cl.ErrorMessage(content=str(rejection)).send()
+        return
+    except Exception:
+        log.exception("Answering %r failed", question[:200])
+        reply.content += (
+            "\n\n*The answer stopped because of an error on the server. Try again; if it keeps "
+            "happening, the server log has the details.*"
+        )
+        await reply.send()
+        return
     groups = group_by_label(sources.items)
     if groups:
         # Chainlit links each element from the message text that names it.

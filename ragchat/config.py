@@ -117,6 +117,14 @@ class Settings(BaseSettings):
                 f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
                 f"CHUNK_SIZE ({self.chunk_size})"
             )
+        if self.prompt_room < 256:
+            raise ValueError(
+                f"LLM_CONTEXT_WINDOW ({self.llm_context_window}) leaves no room for the question: "
+                f"TOP_K ({self.top_k}) passages of CHUNK_SIZE ({self.chunk_size}) tokens and an "
+                f"answer of LLM_MAX_TOKENS ({self.llm_max_tokens}) need about "
+                f"{self.llm_context_window - self.prompt_room + 256}; raise LLM_CONTEXT_WINDOW "
+                "or lower the others"
+            )
         if self.openai_api_key is None:
             for name in ("llm_provider", "embed_provider"):
                 if getattr(self, name) == "openai":
@@ -125,6 +133,13 @@ class Settings(BaseSettings):
                         "or use 'local' or 'auto'"
                     )
         return self
+
+    @property
+    def prompt_room(self) -> int:
+        """Tokens of the context window left for the question and the conversation once the
+        passages and the answer have theirs (passages counted double: they are measured in the
+        embedding model's tokens, and the LLM's tokenizer and prompt add to them)."""
+        return self.llm_context_window - self.llm_max_tokens - 2 * self.top_k * self.chunk_size
 
     @property
     def llm_is_local(self) -> bool:

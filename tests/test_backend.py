@@ -8,6 +8,7 @@ import pytest
 from llama_index.core.llms import ChatMessage
 
 from ragchat.backends import (
+    QuestionRejected,
     Source,
     Sources,
     Step,
@@ -78,6 +79,24 @@ async def test_a_chat_resumes_from_its_stored_turns(guide_backend) -> None:
     events = await collect(chat, "and how do I rebuild it?")
     assert events[0].input == "Where does the index live?\nand how do I rebuild it?"
     assert "Deleting that folder and restarting rebuilds the index" in events[0].output
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("   ", "The message is empty: type a question about your documents."),
+        ("Why? " * 2000, "The message is 10,000 characters long; the model reads at most 3,584 "),
+    ],
+)
+async def test_unanswerable_messages_are_refused_and_the_chat_goes_on(
+    guide_backend, question: str, expected: str
+) -> None:
+    chat = guide_backend.new_chat()
+    with pytest.raises(QuestionRejected) as refusal:
+        await collect(chat, question)
+    assert str(refusal.value).startswith(expected)
+    events = await collect(chat, "Which file types are supported?")
+    assert isinstance(events[-1], Sources)
 
 
 def test_follow_up_query_weights_the_latest_question_over_the_users_last_turns() -> None:

@@ -108,13 +108,13 @@ def page(app_url: str) -> Iterator[Page]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(app_url)
+        # The welcome message arrives once the chat session is connected.
+        expect(page.locator(ANSWER).first).to_contain_text("I answer questions", timeout=60_000)
         yield page
         browser.close()
 
 
 def test_question_gets_a_streamed_answer_with_its_source(page: Page) -> None:
-    welcome = page.locator(ANSWER).first
-    expect(welcome).to_contain_text("I answer questions about the documents")
     expect(page.get_by_role("button", name="How do I add my own documents?")).to_be_visible()
 
     # Record every length the answer is seen at while it is written; a streamed answer grows
@@ -145,3 +145,15 @@ def test_a_starter_question_is_asked_with_one_click(page: Page) -> None:
     answer = page.locator(ANSWER).nth(1)
     expect(answer).to_contain_text("Sources:", timeout=180_000)
     expect(sources_of(answer)).to_have_text("ragchat-user-guide.md")
+
+
+def test_an_over_long_message_gets_a_clear_refusal_and_the_chat_goes_on(page: Page) -> None:
+    page.locator("#chat-input").fill("Why? " * 2000)
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("the model reads at most")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Shorten it, or ask about one part at a time.")).to_be_visible()
+
+    page.locator("#chat-input").fill("Which models does ragchat use?")
+    page.keyboard.press("Enter")
+    answer = page.locator(ANSWER).last
+    expect(answer).to_contain_text("Sources:", timeout=180_000)

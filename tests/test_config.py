@@ -88,6 +88,12 @@ def test_openai_key_switches_auto_providers(clean_env: Path, monkeypatch) -> Non
             "Invalid setting: CHUNK_OVERLAP (100) must be smaller than CHUNK_SIZE (100)",
         ),
         (
+            {"TOP_K": "20"},
+            "Invalid setting: LLM_CONTEXT_WINDOW (4096) leaves no room for the question: TOP_K (20) "
+            "passages of CHUNK_SIZE (240) tokens and an answer of LLM_MAX_TOKENS (384) need about "
+            "10240; raise LLM_CONTEXT_WINDOW or lower the others",
+        ),
+        (
             {"OPENAI_BASE_URL": "localhost:8080"},
             "Invalid setting OPENAI_BASE_URL='localhost:8080': 'localhost:8080' is not an "
             "http(s) URL",

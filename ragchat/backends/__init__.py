@@ -48,6 +48,10 @@ class Sources:
 Event = Token | Step | Sources
 
 
+class QuestionRejected(Exception):
+    """The question cannot be answered as asked; the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class Turn:
     role: Literal["user", "assistant"]

@@ -16,7 +16,7 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.response_synthesizers import CompactAndRefine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ragchat.backends import Event, Source, Sources, Step, Token, Turn
+from ragchat.backends import Event, QuestionRejected, Source, Sources, Step, Token, Turn
 from ragchat.config import Settings
 from ragchat.index import open_index
 from ragchat.models import build_embed_model, build_llm, embed_name, llm_name
@@ -96,6 +96,8 @@ class LlamaIndexBackend:
         self._context_prompt = PromptTemplate(CONTEXT_PROMPT).partial_format(
             bot_name=settings.bot_name
         )
+        # Two characters a token is the worst case of ordinary text.
+        self._max_question_chars = 2 * settings.prompt_room
         condense = settings.followup_query == "condense" or (
             settings.followup_query == "auto" and not settings.llm_is_local
         )
@@ -111,13 +113,9 @@ class LlamaIndexBackend:
 
     def new_chat(self, history: Sequence[Turn] = ()) -> LlamaIndexChat:
         settings = self._settings
-        # What is left of the context window once passages and the answer have their room.
-        history_budget = max(
-            256, settings.llm_context_window - settings.llm_max_tokens - 2 * settings.top_k * settings.chunk_size
-        )
         memory = Memory.from_defaults(
             chat_history=[ChatMessage(role=turn.role, content=turn.content) for turn in history],
-            token_limit=history_budget,
+            token_limit=settings.prompt_room,
         )
         engine = FollowUpChatEngine(
             retriever=self._index.as_retriever(similarity_top_k=settings.top_k),
@@ -129,14 +127,22 @@ class LlamaIndexBackend:
             ],
             recent_turns=self._recent_turns,
         )
-        return LlamaIndexChat(engine)
+        return LlamaIndexChat(engine, self._max_question_chars)
 
 
 class LlamaIndexChat:
-    def __init__(self, engine: FollowUpChatEngine):
+    def __init__(self, engine: FollowUpChatEngine, max_question_chars: int):
         self._engine = engine
+        self._max_question_chars = max_question_chars
 
     async def ask(self, question: str) -> AsyncIterator[Event]:
+        if not question.strip():
+            raise QuestionRejected("The message is empty: type a question about your documents.")
+        if len(question) > self._max_question_chars:
+            raise QuestionRejected(
+                f"The message is {len(question):,} characters long; the model reads at most "
+                f"{self._max_question_chars:,} at once. Shorten it, or ask about one part at a time."
+            )
         response = await self._engine.astream_chat(question)
         try:
             query = str(response.sources[0].raw_input["message"])
