@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from ragchat.backends import (
 )
 from ragchat.backends.llama_index import NO_CONTEXT_ANSWER, follow_up_query
 from ragchat.config import ConfigError, load_settings
+
+from .conftest import GUIDE
 
 
 async def collect(chat, question: str) -> list:
@@ -152,3 +155,21 @@ async def test_empty_data_folder_starts_and_says_there_is_nothing(
     events = await collect(create_backend(settings).new_chat(), "What can ragchat do?")
     assert answer_text(events) == NO_CONTEXT_ANSWER
     assert sorted(p.name for p in (clean_env / "data").iterdir()) == [".hidden"]
+
+
+async def test_the_local_model_loads_once_per_process_not_per_chat(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ragchat.llamacpp
+
+    loads = []
+    real_llama = ragchat.llamacpp.Llama
+    monkeypatch.setattr(
+        ragchat.llamacpp, "Llama", lambda **kwargs: loads.append(kwargs) or real_llama(**kwargs)
+    )
+    (clean_env / "data").mkdir()
+    shutil.copy(GUIDE, clean_env / "data")
+    backend = create_backend(load_settings(_env_file=None))
+    for _ in range(3):
+        await collect(backend.new_chat(), "What can ragchat do?")
+    assert len(loads) == 1

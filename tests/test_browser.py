@@ -31,6 +31,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ANSWER = '[data-step-type="assistant_message"] .message-content'
+BOT_NAME = "Docs Helper"
+WELCOME = "Welcome to the test workspace: ask about the user guide."
 RECORD_ANSWER_LENGTHS = """() => {
     window.answerLengths = [];
     new MutationObserver(() => {
@@ -75,7 +77,12 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in SETTING_NAMES}
     env.update(
-        DATA_DIR=str(root / "data"), STORAGE_DIR=str(root / "storage"), CHAINLIT_PORT=str(port)
+        DATA_DIR=str(root / "data"),
+        STORAGE_DIR=str(root / "storage"),
+        CHAINLIT_PORT=str(port),
+        BOT_NAME=BOT_NAME,
+        WELCOME_MESSAGE=WELCOME,
+        STARTERS="Which models does ragchat use?|How do I add my own documents?",
     )
     log = root / "app.log"
     with log.open("w") as output:
@@ -109,13 +116,20 @@ def page(app_url: str) -> Iterator[Page]:
         page = browser.new_page()
         page.goto(app_url)
         # The welcome message arrives once the chat session is connected.
-        expect(page.locator(ANSWER).first).to_contain_text("I answer questions", timeout=60_000)
+        expect(page.locator(ANSWER).first).to_have_text(WELCOME, timeout=60_000)
         yield page
         browser.close()
 
 
+def test_persona_comes_from_the_settings(page: Page) -> None:
+    starters = page.locator('[data-step-type="assistant_message"]').first.get_by_role("button")
+    expect(starters).to_have_text(
+        ["Which models does ragchat use?", "How do I add my own documents?"]
+    )
+    expect(page.get_by_alt_text(f"Avatar for {BOT_NAME}").first).to_be_visible()
+
+
 def test_question_gets_a_streamed_answer_with_its_source(page: Page) -> None:
-    expect(page.get_by_role("button", name="How do I add my own documents?")).to_be_visible()
 
     # Record every length the answer is seen at while it is written; a streamed answer grows
     # in many steps, an answer sent whole appears at once.

@@ -10,7 +10,7 @@ import pytest
 
 from ragchat.config import ConfigError, load_settings
 
-from .conftest import ROOT
+from .conftest import ROOT, SETTING_NAMES
 
 
 def error_for(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
@@ -153,3 +153,14 @@ def test_app_refuses_to_start_with_one_clear_line(
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ragchat cannot start: ")
     assert expected in last_line
+
+
+def test_env_example_documents_every_setting_with_its_default(clean_env: Path) -> None:
+    example = (ROOT / ".env.example").read_text()
+    documented = dict(
+        line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#")
+    )
+    assert sorted(documented) == sorted(SETTING_NAMES)
+    defaults = load_settings(_env_file=None)
+    from_example = load_settings(_env_file=ROOT / ".env.example")
+    assert from_example == defaults
