@@ -1,41 +1,44 @@
-"""Chainlit handlers: the chat UI's glue to a ragchat backend. The logic lives in ragchat/."""
+"""Chainlit handlers: the chat UI's glue to ragchat. The logic lives in ragchat/."""
 
 import logging
-import sys
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
+from chainlit.server import app as chainlit_server
 
-from ragchat.backends import (
-    QuestionRejected,
-    Sources,
-    Step,
-    Token,
-    create_backend,
-    group_by_label,
-)
-from ragchat.config import ConfigError, load_settings
-from ragchat.logs import setup_logging
+from ragchat.backends import QuestionRejected, Sources, Step, Token, group_by_label
+from ragchat.login import login, throttle_logins
+from ragchat.startup import start
 
-setup_logging()
-try:
-    settings = load_settings()
-    backend = create_backend(settings)  # loads the models and the index once per process
-except ConfigError as error:
-    sys.exit(f"ragchat cannot start: {error}")
-
-chainlit_config.ui.name = settings.bot_name
+ragchat = start()
+chainlit_config.ui.name = ragchat.settings.bot_name
+throttle_logins(chainlit_server)
 log = logging.getLogger("ragchat.app")
+
+INACTIVE_ACCOUNT = "This account has been disabled or deleted. Ask an administrator for access."
+
+
+@cl.password_auth_callback
+async def password_login(username: str, password: str) -> cl.User | None:
+    return await login(ragchat.users, username, password)
+
+
+def account_is_active() -> bool:
+    account = ragchat.users.get(cl.user_session.get("user").identifier)
+    return account is not None and not account.disabled
 
 
 @cl.on_chat_start
 async def start_chat() -> None:
-    cl.user_session.set("chat", backend.new_chat())
+    if not account_is_active():
+        await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
+        return
+    cl.user_session.set("chat", ragchat.backend.new_chat())
     starters = [
         cl.Action(name="starter", payload={"question": question}, label=question)
-        for question in settings.starters
+        for question in ragchat.settings.starters
     ]
-    await cl.Message(content=settings.welcome_message, actions=starters).send()
+    await cl.Message(content=ragchat.settings.welcome_message, actions=starters).send()
 
 
 @cl.action_callback("starter")
@@ -51,10 +54,14 @@ async def on_message(message: cl.Message) -> None:
 
 
 async def answer(question: str) -> None:
+    chat = cl.user_session.get("chat")
+    if chat is None or not account_is_active():
+        await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
+        return
     reply = cl.Message(content="")
     sources = Sources(items=())
     try:
-        async for event in cl.user_session.get("chat").ask(question):
+        async for event in chat.ask(question):
             match event:
                 case Token(text):
                     await reply.stream_token(text)

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     storage_dir: Path = Path("storage")
+    # Accounts; the session-signing secret is kept next to it when not set in the environment.
+    db_path: Path = Path("database/auth.db")
 
     # Which models answer and embed. "auto" means OpenAI when OPENAI_API_KEY is set,
     # otherwise the local models that ship inside Python packages.

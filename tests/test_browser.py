@@ -9,13 +9,15 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Locator, Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, Response, expect, sync_playwright
 
 from .conftest import ROOT, SETTING_NAMES
 
@@ -71,14 +73,30 @@ def wait_until_served(url: str, process: subprocess.Popen, log: Path, timeout: f
     pytest.fail(f"the app did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    env: dict[str, str]
+    admin_password: str
+
+    def create_password(self, *args: str, stdin: str | None = None) -> str:
+        result = subprocess.run(
+            [sys.executable, "create_password.py", *args],
+            input=stdin, env=self.env, cwd=ROOT, capture_output=True, text=True, check=True,
+        )
+        return result.stdout
+
+
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     root = tmp_path_factory.mktemp("app")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in SETTING_NAMES}
+    env.pop("CHAINLIT_AUTH_SECRET", None)
     env.update(
         DATA_DIR=str(root / "data"),
         STORAGE_DIR=str(root / "storage"),
+        DB_PATH=str(root / "database" / "auth.db"),
         CHAINLIT_PORT=str(port),
         BOT_NAME=BOT_NAME,
         WELCOME_MESSAGE=WELCOME,
@@ -97,11 +115,38 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         # On a machine where `make test` already installed everything this takes seconds.
         wait_until_served(f"http://127.0.0.1:{port}/", process, log, timeout=1200)
-        yield f"http://127.0.0.1:{port}"
+        started = log.read_text()
+        assert "Copied the sample document ragchat-user-guide.md" in started
+        password = re.search(r'administrator "admin" with\nthe password\n\n {4}(\S+)\n', started)
+        assert password, "the first start prints the admin's password"
+        yield RunningApp(f"http://127.0.0.1:{port}", env, password.group(1))
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
-    assert "Copied the sample document ragchat-user-guide.md" in log.read_text()
+
+
+@pytest.fixture
+def browser_page(app: RunningApp) -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(app.url)
+        yield page
+        browser.close()
+
+
+def sign_in(page: Page, username: str, password: str) -> None:
+    page.locator("#email").fill(username)
+    page.locator("#password").fill(password)
+    page.keyboard.press("Enter")
+
+
+@pytest.fixture
+def page(app: RunningApp, browser_page: Page) -> Page:
+    """Signed in as the first-start admin, at a chat whose session is connected."""
+    sign_in(browser_page, "admin", app.admin_password)
+    expect(browser_page.locator(ANSWER).first).to_have_text(WELCOME, timeout=60_000)
+    return browser_page
 
 
 def sources_of(answer: Locator) -> Locator:
@@ -109,16 +154,41 @@ def sources_of(answer: Locator) -> Locator:
     return answer.get_by_role("article").filter(has_text="Sources:").locator("a.element-link")
 
 
-@pytest.fixture
-def page(app_url: str) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.goto(app_url)
-        # The welcome message arrives once the chat session is connected.
-        expect(page.locator(ANSWER).first).to_have_text(WELCOME, timeout=60_000)
-        yield page
-        browser.close()
+def is_login_post(response: Response) -> bool:
+    return response.url.endswith("/login") and response.request.method == "POST"
+
+
+def test_a_wrong_password_shows_an_error_and_no_chat(app: RunningApp, browser_page: Page) -> None:
+    sign_in(browser_page, "admin", "not the password at all")
+    expect(browser_page.get_by_role("alert")).to_have_text("Wrong username or password.")
+    expect(browser_page.locator("#chat-input")).to_have_count(0)
+
+
+def test_repeated_failures_bring_the_throttle_message(browser_page: Page) -> None:
+    for attempt in range(5):
+        with browser_page.expect_response(is_login_post) as response:
+            sign_in(browser_page, "mallory", f"guess number {attempt}")
+        assert response.value.status == 401
+        expect(browser_page.get_by_role("alert")).to_have_text("Wrong username or password.")
+    with browser_page.expect_response(is_login_post) as response:
+        sign_in(browser_page, "mallory", "guess number 5")
+    assert response.value.status == 429
+    expect(browser_page.get_by_role("alert")).to_have_text(
+        "Too many failed sign-ins. Wait a few minutes, then try again."
+    )
+
+
+def test_a_disabled_account_stops_at_its_next_chat(app: RunningApp, browser_page: Page) -> None:
+    app.create_password("add", "bob", "--password-stdin", stdin="bob's long passphrase")
+    sign_in(browser_page, "bob", "bob's long passphrase")
+    expect(browser_page.locator(ANSWER).first).to_have_text(WELCOME, timeout=60_000)
+
+    app.create_password("disable", "bob")
+    browser_page.reload()
+    expect(browser_page.get_by_text("This account has been disabled or deleted.")).to_be_visible(
+        timeout=60_000
+    )
+    expect(browser_page.get_by_text(WELCOME)).to_have_count(0)
 
 
 def test_persona_comes_from_the_settings(page: Page) -> None:

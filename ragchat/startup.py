@@ -1,0 +1,48 @@
+"""Everything the app builds once per process, before Chainlit serves the first page."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from ragchat.auth import UserStore, create_first_admin, ensure_auth_secret
+from ragchat.backends import Backend, create_backend
+from ragchat.config import ConfigError, Settings, load_settings
+from ragchat.logs import setup_logging
+
+
+@dataclass(frozen=True)
+class App:
+    settings: Settings
+    users: UserStore
+    backend: Backend
+
+
+def start() -> App:
+    """Settings, accounts and the backend (models and index, loaded once); a setting the app
+    cannot run with stops it with one line saying what is wrong."""
+    setup_logging()
+    try:
+        settings = load_settings()
+        users = UserStore(settings.db_path)
+        ensure_auth_secret(settings.db_path.parent)
+        backend = create_backend(settings)
+    except ConfigError as error:
+        sys.exit(f"ragchat cannot start: {error}")
+    if password := create_first_admin(users):
+        print(FIRST_ADMIN_NOTICE.format(password=password), flush=True)
+    return App(settings, users, backend)
+
+
+FIRST_ADMIN_NOTICE = """
+======================================================================
+No account existed, so ragchat created the administrator "admin" with
+the password
+
+    {password}
+
+It is shown only this once. Sign in with it, then change it with
+
+    python create_password.py reset admin
+======================================================================
+"""

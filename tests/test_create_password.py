@@ -1,0 +1,124 @@
+"""create_password.py, run as an admin would: every command, its output and exit code."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher
+
+from ragchat.auth import UserStore
+
+from .conftest import ROOT, SETTING_NAMES
+
+STRONG = "correct horse battery staple"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "database" / "auth.db"
+
+
+@pytest.fixture
+def run(db_path: Path, tmp_path: Path):
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+        return subprocess.run(
+            [sys.executable, str(ROOT / "create_password.py"), *args],
+            input=stdin,
+            env={**env, "DB_PATH": str(db_path)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
+
+
+def test_without_arguments_it_prints_a_password_and_its_argon2id_hash(run) -> None:
+    result = run()
+    assert result.returncode == 0
+    password = re.search(r"^Password: (\S+)$", result.stdout, re.M).group(1)
+    hashed = re.search(r"^Hash:     (\S+)$", result.stdout, re.M).group(1)
+    assert len(password) == 20
+    assert hashed.startswith("$argon2id$")
+    assert PasswordHasher().verify(hashed, password)
+
+
+def test_add_generates_and_prints_a_password_that_signs_in(run, db_path: Path) -> None:
+    result = run("add", "alice")
+    assert result.returncode == 0, result.stderr
+    assert "Created user alice." in result.stdout
+    password = re.search(r"Password \(shown only now\): (\S+)", result.stdout).group(1)
+    assert UserStore(db_path).authenticate("alice", password, None).role == "user"
+
+
+def test_add_admin_with_password_from_stdin(run, db_path: Path) -> None:
+    result = run("add", "root", "--admin", "--password-stdin", stdin=STRONG + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Created admin root.\n"  # a given password is never echoed
+    assert UserStore(db_path).authenticate("root", STRONG, None).role == "admin"
+
+
+def test_reset_disable_enable_delete_and_list(run, db_path: Path) -> None:
+    run("add", "bob", "--password-stdin", stdin=STRONG)
+    new = "another long passphrase"
+    assert run("reset", "bob", "--password-stdin", stdin=new).stdout == "Changed the password of bob.\n"
+    store = UserStore(db_path)
+    assert store.authenticate("bob", STRONG, None) is None
+    assert store.authenticate("bob", new, None) is not None
+
+    assert run("disable", "bob").stdout == "Disabled bob.\n"
+    assert "bob" in run("list").stdout and "(disabled)" in run("list").stdout
+    assert store.authenticate("bob", new, None) is None
+    assert run("enable", "bob").stdout == "Enabled bob.\n"
+    assert store.authenticate("bob", new, None) is not None
+
+    generated = run("reset", "bob")
+    password = re.search(r"Password \(shown only now\): (\S+)", generated.stdout).group(1)
+    assert store.authenticate("bob", password, None) is not None
+
+    assert run("delete", "bob").stdout == "Deleted bob.\n"
+    assert run("list").stdout == "No accounts yet.\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("add", "carol", "--password-stdin"), "short\n", "The password has 5 characters"),
+        (("add", "carol", "--password-stdin"), "password1234\n", "most common ones"),
+        (("add", "carol", "--password-stdin"), "", "standard input was empty"),
+        (("add", "../carol"), None, "'../carol' is not a valid username"),
+        (("reset", "nobody"), None, "There is no user 'nobody'."),
+        (("disable", "nobody"), None, "There is no user 'nobody'."),
+        (("enable", "nobody"), None, "There is no user 'nobody'."),
+        (("delete", "nobody"), None, "There is no user 'nobody'."),
+    ],
+)
+def test_every_error_is_explained_and_exits_non_zero(run, args, stdin, message) -> None:
+    result = run(*args, stdin=stdin)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_adding_an_existing_user_keeps_the_old_password(run, db_path: Path) -> None:
+    run("add", "dan", "--password-stdin", stdin=STRONG)
+    result = run("add", "DAN", "--password-stdin", stdin="a different passphrase")
+    assert result.returncode == 1
+    assert "The user 'DAN' already exists." in result.stderr
+    assert UserStore(db_path).authenticate("dan", STRONG, None) is not None
+
+
+def test_unknown_command_and_unusable_database_exit_non_zero(run, db_path: Path) -> None:
+    assert run("promote", "x").returncode == 2
+    db_path.parent.mkdir(parents=True)
+    db_path.write_text("garbage " * 200)
+    result = run("list")
+    assert result.returncode == 1
+    assert "Invalid setting DB_PATH=" in result.stderr
