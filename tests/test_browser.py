@@ -211,7 +211,6 @@ def test_question_gets_a_streamed_answer_with_its_source(page: Page) -> None:
     expect(answer).to_contain_text("Sources:", timeout=180_000)
     lengths = page.evaluate("window.answerLengths")
     assert len(lengths) >= 4, f"the answer was seen at only these lengths: {lengths}"
-    assert lengths == sorted(lengths)
 
     expect(page.get_by_text("Used Retrieve")).to_be_visible()
     source = sources_of(answer)
