@@ -1,21 +1,34 @@
 """Chainlit handlers: the chat UI's glue to ragchat. The logic lives in ragchat/."""
 
+import asyncio
 import logging
+from pathlib import Path
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
 from chainlit.server import app as chainlit_server
 
 from ragchat.backends import QuestionRejected, Sources, Step, Token, group_by_label
+from ragchat.ingest import UPLOAD_TYPES
 from ragchat.login import login, throttle_logins
-from ragchat.startup import start
+from ragchat.startup import keep_in_sync, start
 
 ragchat = start()
 chainlit_config.ui.name = ragchat.settings.bot_name
+uploads = chainlit_config.features.spontaneous_file_upload
+uploads.enabled, uploads.accept, uploads.max_size_mb = True, UPLOAD_TYPES, ragchat.settings.upload_max_mb
 throttle_logins(chainlit_server)
 log = logging.getLogger("ragchat.app")
+background_tasks = set()
 
 INACTIVE_ACCOUNT = "This account has been disabled or deleted. Ask an administrator for access."
+
+
+@cl.on_app_startup
+async def watch_documents() -> None:
+    if ragchat.settings.watch_interval:
+        task = asyncio.create_task(keep_in_sync(ragchat.backend, ragchat.settings.watch_interval))
+        background_tasks.add(task)  # the loop keeps only a weak reference
 
 
 @cl.password_auth_callback
@@ -23,14 +36,14 @@ async def password_login(username: str, password: str) -> cl.User | None:
     return await login(ragchat.users, username, password)
 
 
-def account_is_active() -> bool:
+def current_account():
     account = ragchat.users.get(cl.user_session.get("user").identifier)
-    return account is not None and not account.disabled
+    return account if account is not None and not account.disabled else None
 
 
 @cl.on_chat_start
 async def start_chat() -> None:
-    if not account_is_active():
+    if current_account() is None:
         await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
         return
     cl.user_session.set("chat", ragchat.backend.new_chat())
@@ -50,12 +63,36 @@ async def ask_starter(action: cl.Action) -> None:
 
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
-    await answer(message.content)
+    files = [element for element in message.elements if element.path]
+    if files:
+        await add_documents(files)
+    if message.content.strip() or not files:
+        await answer(message.content)
+
+
+async def add_documents(files: list) -> None:
+    account = current_account()
+    if account is None or not account.is_admin:
+        names = ", ".join(file.name for file in files)
+        await cl.ErrorMessage(
+            content=f"Only administrators can add documents to the shared library, so {names} "
+            "was not added. Ask an administrator to add it."
+        ).send()
+        return
+    summaries = []
+    async with cl.Step(name="Add documents", type="tool") as step:
+        step.input = ", ".join(file.name for file in files)
+        for file in files:
+            outcome = await asyncio.to_thread(ragchat.backend.add_upload, Path(file.path), file.name)
+            summaries.append(outcome.summary())
+            step.output = "\n".join(summaries)
+            await step.update()
+    await cl.Message(content="\n".join(summaries)).send()
 
 
 async def answer(question: str) -> None:
     chat = cl.user_session.get("chat")
-    if chat is None or not account_is_active():
+    if chat is None or current_account() is None:
         await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
         return
     reply = cl.Message(content="")

@@ -58,7 +58,7 @@ STRATEGIES = ["latest only", "joined text", "LLM condense", "weighted (app)"]
 
 
 async def measure(backend, conversations, top_k: int) -> dict[str, list[int]]:
-    retriever = backend._index.as_retriever(similarity_top_k=top_k)
+    retriever = backend.library.index().as_retriever(similarity_top_k=top_k)
     condenser = FollowUpChatEngine(
         retriever=retriever, llm=backend._llm, memory=Memory.from_defaults(), recent_turns=None
     )

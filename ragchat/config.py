@@ -33,6 +33,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     storage_dir: Path = Path("storage")
+    # How often DATA_DIR is checked for added, changed and removed files (0: only at start).
+    watch_interval: float = Field(5.0, ge=0)
+    upload_max_mb: int = Field(20, ge=1, le=1024)
     # Accounts; the session-signing secret is kept next to it when not set in the environment.
     db_path: Path = Path("database/auth.db")
 

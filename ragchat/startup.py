@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from dataclasses import dataclass
 
@@ -9,6 +11,8 @@ from ragchat.auth import UserStore, create_first_admin, ensure_auth_secret
 from ragchat.backends import Backend, create_backend
 from ragchat.config import ConfigError, Settings, load_settings
 from ragchat.logs import setup_logging
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,21 @@ def start() -> App:
     if password := create_first_admin(users):
         print(FIRST_ADMIN_NOTICE.format(password=password), flush=True)
     return App(settings, users, backend)
+
+
+async def keep_in_sync(backend: Backend, interval: float) -> None:
+    """Check DATA_DIR every `interval` seconds, so files copied in (`upsun mount:upload`),
+    changed or deleted while the app runs are picked up without a restart. Polling rather
+    than file-system events: those do not cross network mounts."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await asyncio.to_thread(backend.sync)
+        except Exception:
+            log.exception("Syncing the documents failed; trying again in %s s", interval)
+            continue
+        if report.changed_anything:
+            log.info("Documents changed: %s", report.summary())
 
 
 FIRST_ADMIN_NOTICE = """

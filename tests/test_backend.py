@@ -147,15 +147,26 @@ def test_assistant_backend_is_refused_with_a_clear_error(clean_env: Path) -> Non
         create_backend(load_settings(rag_backend="assistant"))
 
 
-async def test_empty_data_folder_starts_and_says_there_is_nothing(
+async def test_first_start_seeds_the_guide_and_an_emptied_library_says_so(
     clean_env: Path,
 ) -> None:
-    """A data folder with only a hidden file: no sample is seeded over it, nothing crashes."""
     (clean_env / "data").mkdir()
     (clean_env / "data" / ".hidden").write_text("not a document")
     settings = load_settings(_env_file=None, data_dir="data", storage_dir="storage")
-    events = await collect(create_backend(settings).new_chat(), "What can ragchat do?")
+    backend = create_backend(settings)
+    assert sorted(p.name for p in (clean_env / "data").iterdir()) == [
+        ".hidden",
+        "ragchat-user-guide.md",
+    ]
+    events = await collect(backend.new_chat(), "Which file types are supported?")
+    assert isinstance(events[-1], Sources)
+
+    (clean_env / "data" / "ragchat-user-guide.md").unlink()
+    assert backend.sync().removed == ["ragchat-user-guide.md"]
+    events = await collect(backend.new_chat(), "Which file types are supported?")
     assert answer_text(events) == NO_CONTEXT_ANSWER
+    # Restarting does not bring the sample back: it is only for the very first start.
+    create_backend(settings)
     assert sorted(p.name for p in (clean_env / "data").iterdir()) == [".hidden"]
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ragchat.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from ragchat.ingest import SyncReport, UploadOutcome
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,12 @@ class Chat(Protocol):
 
 class Backend(Protocol):
     def new_chat(self, history: Sequence[Turn] = ()) -> Chat: ...
+
+    def sync(self) -> SyncReport:
+        """Bring the knowledge in step with DATA_DIR."""
+
+    def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
+        """Check, store and index a file uploaded in the chat."""
 
 
 def create_backend(settings: Settings) -> Backend:

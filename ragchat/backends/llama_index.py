@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from llama_index.core import VectorStoreIndex
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.llms import LLM, ChatMessage, MessageRole
 from llama_index.core.memory import Memory
@@ -18,7 +18,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ragchat.backends import Event, QuestionRejected, Source, Sources, Step, Token, Turn
 from ragchat.config import Settings
-from ragchat.index import open_index
+from ragchat.ingest import Library, SyncReport, UploadOutcome, add_upload
 from ragchat.models import build_embed_model, build_llm, embed_name, llm_name
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,10 @@ def follow_up_query(history: Sequence[ChatMessage], latest: str, turns: int) -> 
 
 
 class LlamaIndexBackend:
-    def __init__(self, settings: Settings, llm: LLM, index: VectorStoreIndex):
+    def __init__(self, settings: Settings, llm: LLM, library: Library):
         self._settings = settings
         self._llm = llm
-        self._index = index
+        self.library = library
         self._context_prompt = PromptTemplate(CONTEXT_PROMPT).partial_format(
             bot_name=settings.bot_name
         )
@@ -107,9 +107,15 @@ class LlamaIndexBackend:
     def from_settings(cls, settings: Settings) -> LlamaIndexBackend:
         log.info("LLM: %s", llm_name(settings))
         log.info("Embeddings: %s", embed_name(settings))
-        embed_model = build_embed_model(settings)
-        index = open_index(settings, embed_model)
-        return cls(settings, build_llm(settings), index)
+        library = Library(settings, build_embed_model(settings))
+        log.info("Documents in %s: %s", settings.data_dir, library.sync(progress=True).summary())
+        return cls(settings, build_llm(settings), library)
+
+    def sync(self) -> SyncReport:
+        return self.library.sync()
+
+    def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
+        return add_upload(self.library, source, original_name)
 
     def new_chat(self, history: Sequence[Turn] = ()) -> LlamaIndexChat:
         settings = self._settings
@@ -118,7 +124,7 @@ class LlamaIndexBackend:
             token_limit=settings.prompt_room,
         )
         engine = FollowUpChatEngine(
-            retriever=self._index.as_retriever(similarity_top_k=settings.top_k),
+            retriever=self.library.index().as_retriever(similarity_top_k=settings.top_k),
             llm=self._llm,
             memory=memory,
             context_prompt=self._context_prompt,

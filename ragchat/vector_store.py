@@ -1,0 +1,73 @@
+"""LanceDB as the vector store, with the few changes a multi-process app needs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
+from llama_index.vector_stores.lancedb import LanceDBVectorStore
+
+_EMPTY = VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+
+
+class LanceStore(LanceDBVectorStore):
+    """llama_index's LanceDB store, changed where it falls short here:
+    - scores are cosine similarities (the integration reports exp(-distance), a scale no
+      similarity cutoff can be explained in);
+    - the table is looked up again while it is missing, so a table another process (or a
+      rebuild) created is found, never overwritten;
+    - deletes take many documents at once and quote ids safely (file names may hold quotes);
+    - queries run in a worker thread (the integration has no async query, so llama_index
+      would run it on the event loop) and an empty result is not an error.
+    """
+
+    def _current_table(self) -> Any:
+        if self._table is None and self._table_name in self._connection.list_tables().tables:
+            self._table = self._connection.open_table(self._table_name)
+        return self._table
+
+    def add(self, nodes: list[BaseNode], **add_kwargs: Any) -> list[str]:
+        self._current_table()
+        return super().add(nodes, **add_kwargs)
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        self.delete_ref_docs([ref_doc_id])
+
+    def delete_ref_docs(self, ref_doc_ids: list[str]) -> None:
+        table = self._current_table()
+        ids = list(ref_doc_ids)
+        for start in range(0, len(ids) if table is not None else 0, 500):
+            quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids[start : start + 500])
+            table.delete(f"{self.doc_id_key} IN ({quoted})")
+
+    def drop(self) -> None:
+        if self._current_table() is not None:
+            self._connection.drop_table(self._table_name)
+            self._table = None
+
+    def count(self) -> int:
+        table = self._current_table()
+        return table.count_rows() if table is not None else 0
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        if self._current_table() is None:
+            return _EMPTY
+        try:
+            result = super().query(query, **kwargs)
+        except Warning:  # the integration's way of saying "query results are empty.."
+            return _EMPTY
+        if query.query_embedding is not None:
+            wanted = np.asarray(query.query_embedding)
+            result.similarities = [_cosine(wanted, node.embedding) for node in result.nodes]
+        return result
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        return await asyncio.to_thread(self.query, query, **kwargs)
+
+
+def _cosine(a: np.ndarray, b: list[float]) -> float:
+    vector = np.asarray(b)
+    return float(a @ vector / (np.linalg.norm(a) * np.linalg.norm(vector) or 1.0))
