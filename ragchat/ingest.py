@@ -257,9 +257,13 @@ class Library:
             )
         documents = []
         for number, page in enumerate(pages):
-            metadata = {"file_name": name, "file_sha256": sha, "part": number}
-            if "page_label" in page.metadata:
-                metadata["page_label"] = page.metadata["page_label"]
+            metadata = {
+                "file_name": name,
+                # Every chunk has the same fields: LanceDB fixes its columns at the first write.
+                "page_label": page.metadata.get("page_label", ""),
+                "file_sha256": sha,
+                "part": number,
+            }
             documents.append(
                 Document(
                     id_=f"{name}#{number}",
@@ -433,7 +437,9 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
-def _reading_error(suffix: str, error: Exception) -> str:
+def _reading_error(suffix: str, error: BaseException) -> str:
+    while error.__cause__ is not None:  # the reader wraps the real reason in "Error loading file"
+        error = error.__cause__
     text = str(error) or type(error).__name__
     if suffix == ".pdf" and ("decrypt" in text.lower() or "password" in text.lower()):
         return "the PDF is password-protected; remove the password and add it again"

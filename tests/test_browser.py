@@ -240,3 +240,50 @@ def test_an_over_long_message_gets_a_clear_refusal_and_the_chat_goes_on(page: Pa
     page.keyboard.press("Enter")
     answer = page.locator(ANSWER).last
     expect(answer).to_contain_text("Sources:", timeout=180_000)
+
+
+def upload(page: Page, name: str, content: bytes, question: str = "") -> None:
+    page.locator('input[type="file"]').first.set_input_files(
+        files=[{"name": name, "mimeType": "text/markdown", "buffer": content}]
+    )
+    page.locator("#chat-input").fill(question)
+    page.keyboard.press("Enter")
+
+
+def test_an_admin_uploads_a_document_and_can_ask_about_it(page: Page) -> None:
+    upload(
+        page,
+        "../../etc/zorblax stew?.md",
+        b"The secret ingredient of the Zorblax stew is saffron.",
+        "What is the secret ingredient of the Zorblax stew?",
+    )
+    expect(page.get_by_text("Added zorblax stew_.md (1 passage)")).to_be_visible(timeout=60_000)
+    answer = page.locator(ANSWER).last
+    expect(answer).to_contain_text("Sources:", timeout=180_000)
+    expect(sources_of(answer)).to_have_text("zorblax stew_.md")
+
+
+def test_a_user_who_is_not_admin_cannot_upload(app: RunningApp, browser_page: Page) -> None:
+    app.create_password("add", "carol", "--password-stdin", stdin="carol's long passphrase")
+    sign_in(browser_page, "carol", "carol's long passphrase")
+    expect(browser_page.locator(ANSWER).first).to_have_text(WELCOME, timeout=60_000)
+    upload(browser_page, "mine.md", b"Carol's notes about otters.")
+    expect(
+        browser_page.get_by_text("Only administrators can add documents to the shared library")
+    ).to_be_visible(timeout=30_000)
+    assert not (Path(app.env["DATA_DIR"]) / "mine.md").exists()
+
+
+def test_a_file_copied_into_data_is_answered_within_ten_seconds(
+    app: RunningApp, page: Page
+) -> None:
+    # What `upsun mount:upload` does: the file appears in the folder while the app runs.
+    (Path(app.env["DATA_DIR"]) / "quokkas.md").write_text(
+        "Quokkas are small marsupials that live on Rottnest Island."
+    )
+    page.wait_for_timeout(10_000)
+    page.locator("#chat-input").fill("Where do quokkas live?")
+    page.keyboard.press("Enter")
+    answer = page.locator(ANSWER).nth(1)
+    expect(answer).to_contain_text("Sources:", timeout=180_000)
+    expect(sources_of(answer)).to_have_text("quokkas.md")

@@ -169,7 +169,7 @@ def _source(hit: NodeWithScore) -> Source:
     metadata = hit.node.metadata
     return Source(
         file_name=metadata.get("file_name", "unknown file"),
-        page=metadata.get("page_label"),
+        page=metadata.get("page_label") or None,
         text=hit.node.get_content(),
         score=hit.score,
     )

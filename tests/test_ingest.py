@@ -1,0 +1,299 @@
+"""Keeping the index in step with real files in temporary folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import ragchat.ingest
+from ragchat.config import load_settings
+from ragchat.ingest import Library, add_upload, safe_file_name, store_upload
+from ragchat.models import build_embed_model
+
+from . import files
+from .conftest import ROOT, SETTING_NAMES
+from .openai_server import OpenAIServer
+
+
+@pytest.fixture(scope="module")
+def embed_model():
+    return build_embed_model(load_settings(_env_file=None))
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "seed.md").write_text("The library keeps the seed file.")
+    return tmp_path / "data", tmp_path / "storage"
+
+
+@pytest.fixture
+def library(folders, embed_model) -> Library:
+    data, storage = folders
+    return Library(load_settings(_env_file=None, data_dir=data, storage_dir=storage), embed_model)
+
+
+def search(library: Library, text: str, top_k: int = 3) -> list[tuple[str, str]]:
+    """(file name, passage) of the best matches."""
+    hits = library.index().as_retriever(similarity_top_k=top_k).retrieve(text)
+    return [(hit.node.metadata["file_name"], hit.node.get_content()) for hit in hits]
+
+
+def files_in_index(library: Library) -> set[str]:
+    return {name for name, _ in search(library, "anything", top_k=1000)}
+
+
+def test_add_change_delete_and_rename(library: Library, folders) -> None:
+    data, _ = folders
+    report = library.sync()
+    assert report.added == ["seed.md"] and report.chunks == 1
+
+    (data / "notes").mkdir()
+    (data / "notes" / "penguins.txt").write_text("Penguins eat krill in Antarctica.")
+    report = library.sync()
+    assert (report.added, report.changed, report.removed) == (["notes/penguins.txt"], [], [])
+    assert search(library, "What do penguins eat?")[0] == (
+        "notes/penguins.txt",
+        "Penguins eat krill in Antarctica.",
+    )
+
+    (data / "notes" / "penguins.txt").write_text("Penguins eat fish and squid.")
+    report = library.sync()
+    assert report.changed == ["notes/penguins.txt"] and report.chunks == 1
+    passages = [text for name, text in search(library, "penguins", 10) if "Penguins" in text]
+    assert passages == ["Penguins eat fish and squid."]  # the old version is gone
+
+    (data / "notes" / "penguins.txt").rename(data / "birds.txt")
+    report = library.sync()
+    assert (report.added, report.removed) == (["birds.txt"], ["notes/penguins.txt"])
+    assert files_in_index(library) == {"seed.md", "birds.txt"}
+
+    (data / "birds.txt").unlink()
+    assert library.sync().removed == ["birds.txt"]
+    assert files_in_index(library) == {"seed.md"}
+    assert library.store.count() == 1
+
+
+def test_unchanged_and_touched_files_are_not_read_again(
+    library: Library, folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _ = folders
+    library.sync()
+    reads = []
+    real_reader = ragchat.ingest.SimpleDirectoryReader
+    monkeypatch.setattr(
+        ragchat.ingest,
+        "SimpleDirectoryReader",
+        lambda **kwargs: reads.append(kwargs["input_files"]) or real_reader(**kwargs),
+    )
+    assert not library.sync().changed_anything
+    os.utime(data / "seed.md", ns=(1, 1))  # touched: same content, other date
+    report = library.sync()
+    assert not report.changed_anything and report.chunks == 0
+    assert reads == []
+    # ... and a fresh process (the CLI, a restart) does not read them either.
+    again = Library(library.settings, library._embed_model)
+    assert not again.sync().changed_anything and reads == []
+
+
+def test_every_supported_type_is_read_and_pdf_pages_are_kept(library: Library, folders) -> None:
+    data, _ = folders
+    (data / "manual.pdf").write_bytes(files.pdf("Boilers need yearly checks", "Valves face north"))
+    (data / "letter.docx").write_bytes(files.docx("The tenant pays the water bill"))
+    (data / "page.html").write_text("<html><body><h1>Opening hours</h1><p>Open 9 to 5</p></body></html>")
+    (data / "prices.csv").write_text("item,price\nkettle,30\ntoaster,25\n")
+    (data / "todo.txt").write_text("Paint the fence")
+    (data / "readme.markdown").write_text("# Readme\nThe garden gate sticks.")
+    report = library.sync()
+    assert sorted(report.added) == sorted(
+        ["seed.md", "manual.pdf", "letter.docx", "page.html", "prices.csv", "todo.txt", "readme.markdown"]
+    )
+    assert report.skipped == {}
+    hits = library.index().as_retriever(similarity_top_k=1).retrieve("Which way do the valves face?")
+    assert hits[0].node.metadata["file_name"] == "manual.pdf"
+    assert hits[0].node.metadata["page_label"] == "2"
+    assert search(library, "Who pays for water?")[0][0] == "letter.docx"
+    assert "Open 9 to 5" in search(library, "When is it open?")[0][1]
+    assert "<p>" not in search(library, "When is it open?")[0][1]
+    assert search(library, "How much is a toaster?")[0][0] == "prices.csv"
+
+
+BAD_FILES = {
+    "picture.png": (b"\x89PNG\r\n\x1a\n....", "the file type .png is not supported"),
+    "empty.txt": (b"", "the file is empty"),
+    "broken.pdf": (b"%PDF-1.4\nthis is not really a pdf", "it could not be read as a PDF"),
+    "locked.pdf": (files.encrypted_pdf("Secret plans"), "the PDF is password-protected"),
+    "scan.pdf": (files.image_only_pdf(), "no text was found in it (a scanned PDF needs text"),
+    "latin1.txt": ("Caf\xe9 cr\xe8me".encode("latin-1"), "the text is not UTF-8"),
+    "broken.docx": (b"PK\x03\x04 not a zip", "it could not be read as a Word document"),
+}
+
+
+def test_bad_files_are_skipped_with_reasons_and_the_rest_goes_in(library: Library, folders) -> None:
+    data, _ = folders
+    library.sync()
+    for name, (content, _) in BAD_FILES.items():
+        (data / name).write_bytes(content)
+    (data / "good.txt").write_text("Owls hunt at night.")
+    report = library.sync()
+    assert report.added == ["good.txt"]
+    assert sorted(report.skipped) == sorted(BAD_FILES)
+    for name, (_, reason) in BAD_FILES.items():
+        assert report.skipped[name].startswith(reason), (name, report.skipped[name])
+    assert files_in_index(library) == {"seed.md", "good.txt"}  # nothing indexed was lost
+
+    again = library.sync()  # known bad files are not read again, but still reported
+    assert not again.changed_anything and sorted(again.skipped) == sorted(BAD_FILES)
+    (data / "empty.txt").write_text("Now it has words about badgers.")
+    assert library.sync().added == ["empty.txt"]
+
+
+def test_a_changed_embedding_model_rebuilds_the_index(
+    library: Library, folders, caplog: pytest.LogCaptureFixture
+) -> None:
+    library.sync()
+    data, storage = folders
+    with OpenAIServer() as server:
+        settings = load_settings(
+            _env_file=None,
+            data_dir=data,
+            storage_dir=storage,
+            openai_api_key="sk-test",
+            openai_base_url=server.base_url,
+            llm_provider="local",
+        )
+        other = Library(settings, build_embed_model(settings))
+        report = other.sync()
+        assert report.rebuilt and report.added == ["seed.md"]
+        assert "Rebuilding it." in caplog.text and "text-embedding-3-small" in caplog.text
+        assert search(other, "seed")[0][0] == "seed.md"  # 8 dimensions now, no mismatch
+    assert library.sync().rebuilt  # and back
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [
+        ("../../etc/passwd.md", "passwd.md"),
+        ("..\\..\\windows\\win.ini.txt", "win.ini.txt"),
+        (".bashrc.md", "bashrc.md"),
+        ("CON.txt", "_CON.txt"),
+        ("nul", "_nul"),
+        ("report\x00\n<script>.PDF", "report___script_.pdf"),
+        ("   ", "upload"),
+        ("a" * 300 + ".md", "a" * 100 + ".md"),
+        ("Résumé 2026.docx", "Résumé 2026.docx"),
+    ],
+)
+def test_upload_names_are_made_safe(name: str, safe: str) -> None:
+    assert safe_file_name(name) == safe
+
+
+def test_uploads_never_overwrite_another_file(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.write_text("first version")
+    second.write_text("second version")
+    assert store_upload(first, "../notes.md", folder) == ("notes.md", True)
+    assert store_upload(second, "notes.md", folder) == ("notes (2).md", True)
+    assert store_upload(first, "notes.md", folder) == ("notes.md", False)  # same file again
+    assert (folder / "notes.md").read_text() == "first version"
+    assert (folder / "notes (2).md").read_text() == "second version"
+    assert sorted(p.name for p in folder.iterdir()) == ["notes (2).md", "notes.md"]
+
+
+def test_bad_uploads_are_refused_and_not_kept(library: Library, folders, tmp_path: Path) -> None:
+    data, _ = folders
+    library.sync()
+    upload = tmp_path / "upload"
+    cases = [
+        ("virus.exe", b"MZ...", "the file type .exe is not supported"),
+        ("nothing.md", b"", "the file is empty"),
+        ("big.txt", b"x" * (20 * 1024 * 1024 + 1), "it is 20.0 MB and uploads are limited to 20 MB"),
+        ("scan.pdf", files.image_only_pdf(), "no text was found in it"),
+    ]
+    for name, content, problem in cases:
+        upload.write_bytes(content)
+        outcome = add_upload(library, upload, name)
+        assert outcome.problem.startswith(problem), outcome
+        assert outcome.summary().startswith(f"{name} was not added: {problem}")
+    assert sorted(p.name for p in data.iterdir()) == ["seed.md"]
+
+    upload.write_bytes(files.pdf("Llamas hum when content"))
+    outcome = add_upload(library, upload, "../llamas.pdf")
+    assert outcome.summary() == "Added llamas.pdf (1 passage); it can be asked about now."
+    assert search(library, "Why do llamas hum?")[0][0] == "llamas.pdf"
+    assert add_upload(library, upload, "llamas.pdf").summary() == (
+        "llamas.pdf is already in the library, as llamas.pdf."
+    )
+
+
+def run_ingest(data: Path, storage: Path, *args: str, **popen) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(DATA_DIR=str(data), STORAGE_DIR=str(storage))
+    return subprocess.Popen(
+        [sys.executable, "-m", "ragchat", "ingest", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def write_many(folder: Path, count: int, start: int = 0) -> None:
+    """`count` files of one chunk each."""
+    for i in range(start, start + count):
+        (folder / f"fact{i:03}.txt").write_text(
+            f"Fact number {i}: the reference code of item {i} is ZX-{i * 7919}."
+        )
+
+
+def added_count(output: str) -> int:
+    return int(output.strip().splitlines()[-1].split(": ", 1)[1].split(" added")[0])
+
+
+def test_a_kill_9_mid_ingest_loses_nothing_and_the_next_sync_finishes(
+    library: Library, folders
+) -> None:
+    data, storage = folders
+    write_many(data, 20)
+    library.sync()
+    write_many(data, 220, start=20)
+
+    ingest = run_ingest(data, storage)
+    deadline = time.monotonic() + 180
+    while library.store.count() < 21 + 3 * 16 and time.monotonic() < deadline:
+        time.sleep(0.05)  # until a few batches are committed
+    ingest.send_signal(signal.SIGKILL)
+    ingest.wait()
+    written = library.store.count()
+    assert 21 < written < 241, "the ingest should have been killed half-way"
+
+    reopened = Library(library.settings, library._embed_model)
+    assert search(reopened, "What is the reference code of item 7?")[0][0] == "fact007.txt"
+    assert search(reopened, "seed")[0][0] == "seed.md"
+
+    finished = reopened.sync()
+    assert finished.added  # the files the killed run did not finish
+    assert files_in_index(reopened) == {"seed.md"} | {f"fact{i:03}.txt" for i in range(240)}
+    assert reopened.store.count() == 241  # one chunk per file: nothing twice
+    assert not reopened.sync().changed_anything
+
+
+def test_two_processes_syncing_at_once_do_not_corrupt_the_index(library: Library, folders) -> None:
+    data, storage = folders
+    write_many(data, 60)
+    first, second = run_ingest(data, storage), run_ingest(data, storage)
+    outputs = [first.communicate(timeout=300)[0], second.communicate(timeout=300)[0]]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    assert sorted(added_count(out) for out in outputs) == [0, 61]  # one waited for the other
+    assert library.store.count() == 61
+    assert files_in_index(library) == {"seed.md"} | {f"fact{i:03}.txt" for i in range(60)}
