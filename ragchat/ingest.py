@@ -257,20 +257,22 @@ class Library:
             )
         documents = []
         for number, page in enumerate(pages):
+            page_label = page.metadata.get("page_label", "")
             metadata = {
                 "file_name": name,
                 # Every chunk has the same fields: LanceDB fixes its columns at the first write.
-                "page_label": page.metadata.get("page_label", ""),
+                "page_label": page_label,
                 "file_sha256": sha,
                 "part": number,
             }
+            hidden = _HIDDEN_METADATA + ([] if page_label else ["page_label"])
             documents.append(
                 Document(
                     id_=f"{name}#{number}",
                     text=page.text,
                     metadata=metadata,
-                    excluded_embed_metadata_keys=_HIDDEN_METADATA,
-                    excluded_llm_metadata_keys=_HIDDEN_METADATA,
+                    excluded_embed_metadata_keys=hidden,
+                    excluded_llm_metadata_keys=hidden,
                 )
             )
         return documents

@@ -80,7 +80,9 @@ def build_embed_model(settings: Settings) -> BaseEmbedding:
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
         return HuggingFaceEmbedding(
-            model_name=str(settings.local_embed_path or bundled_embed_path()), device="cpu"
+            model_name=str(settings.local_embed_path or bundled_embed_path()),
+            device="cpu",
+            embed_batch_size=32,  # sentence-transformers' own default; llama_index's 10 is slower
         )
     from llama_index.embeddings.openai_like import OpenAILikeEmbedding
 
