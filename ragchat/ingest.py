@@ -155,6 +155,10 @@ class Library:
         return report
 
     def _sync(self, report: SyncReport, progress: bool) -> None:
+        if not self.data_dir.is_dir():
+            # An unmounted or mistyped folder is not "every document was deleted".
+            log.warning("%s is not a folder; the index is kept as it is", self.data_dir)
+            return
         on_disk = dict(_scan(self.data_dir))
         recorded = self._read_json("stats.json")
         stats = {name: _Stat(size, mtime_ns) for name, (size, mtime_ns, _) in recorded.items()}

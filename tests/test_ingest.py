@@ -81,6 +81,14 @@ def test_add_change_delete_and_rename(library: Library, folders) -> None:
     assert library.store.count() == 1
 
 
+def test_a_missing_data_folder_keeps_the_index(library: Library, folders) -> None:
+    data, _ = folders
+    library.sync()
+    data.rename(data.with_name("elsewhere"))
+    assert not library.sync().changed_anything
+    assert files_in_index(library) == {"seed.md"}
+
+
 def test_unchanged_and_touched_files_are_not_read_again(
     library: Library, folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
