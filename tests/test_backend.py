@@ -47,7 +47,7 @@ async def test_answer_streams_after_retrieval_and_ends_with_its_sources(guide_ba
     sources = events[-1]
     assert isinstance(sources, Sources)
     assert {source.file_name for source in sources.items} == {"ragchat-user-guide.md"}
-    assert any("Supported file types" in source.text for source in sources.items)
+    assert any("Markdown (.md)" in source.text for source in sources.items)
     # What the user sees is what the model was given: every source is in the step's passages.
     assert all(source.text in step.output for source in sources.items)
 

@@ -217,7 +217,7 @@ def test_question_gets_a_streamed_answer_with_its_source(page: Page) -> None:
     expect(source).to_have_text("ragchat-user-guide.md")
     source.click()
     expect(page.locator("#side-view-title")).to_contain_text("ragchat-user-guide.md")
-    expect(page.locator("#side-view-content")).to_contain_text("Supported file types")
+    expect(page.locator("#side-view-content")).to_contain_text("Markdown (.md)")
 
 
 def test_a_starter_question_is_asked_with_one_click(page: Page) -> None:
