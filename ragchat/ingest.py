@@ -183,7 +183,8 @@ class Library:
         for name, stat in on_disk.items():
             if (stats.get(name) == stat and name in indexed) or name in known_bad:
                 continue
-            sha = _sha256(self.data_dir / name)
+            readable = Path(name).suffix.lower() in SUPPORTED_TYPES
+            sha = _sha256(self.data_dir / name) if readable else ""  # a video is not hashed
             if name in indexed and hashes.get(name) == sha:  # touched, not changed
                 stats[name], hashes[name] = stat, sha
                 continue
@@ -234,13 +235,8 @@ class Library:
     def _read(self, name: str, sha: str) -> list[Document]:
         path = self.data_dir / name
         suffix = path.suffix.lower()
-        if suffix not in SUPPORTED_TYPES:
-            raise Unreadable(
-                f"the file type {suffix or '(none)'} is not supported; use one of "
-                + ", ".join(SUPPORTED_TYPES)
-            )
-        if path.stat().st_size == 0:
-            raise Unreadable("the file is empty")
+        if problem := refusal(suffix, path.stat().st_size):
+            raise Unreadable(problem)
         if suffix in _TEXT_TYPES:
             try:
                 path.read_bytes().decode("utf-8")
@@ -345,19 +341,7 @@ def add_upload(library: Library, source: Path, original_name: str) -> UploadOutc
     """Check an uploaded file, store it in DATA_DIR and index it; a file that cannot be
     indexed is not kept."""
     suffix = Path(safe_file_name(original_name)).suffix
-    size = source.stat().st_size
-    limit = library.settings.upload_max_mb
-    if suffix not in SUPPORTED_TYPES:
-        problem = f"the file type {suffix or '(none)'} is not supported; use one of " + ", ".join(
-            SUPPORTED_TYPES
-        )
-    elif size == 0:
-        problem = "the file is empty"
-    elif size > limit * 1024 * 1024:
-        problem = f"it is {size / 1024 / 1024:.1f} MB and uploads are limited to {limit} MB"
-    else:
-        problem = None
-    if problem:
+    if problem := refusal(suffix, source.stat().st_size, library.settings.upload_max_mb):
         return UploadOutcome(original_name, problem=problem)
     stored_as, is_new = store_upload(source, original_name, library.data_dir)
     if not is_new:
@@ -406,6 +390,19 @@ def store_upload(source: Path, original_name: str, folder: Path) -> tuple[str, b
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def refusal(suffix: str, size: int, limit_mb: int | None = None) -> str | None:
+    """Why a file of this type and size is not read, if it is not."""
+    if suffix not in SUPPORTED_TYPES:
+        return f"the file type {suffix or '(none)'} is not supported; use one of " + ", ".join(
+            SUPPORTED_TYPES
+        )
+    if size == 0:
+        return "the file is empty"
+    if limit_mb is not None and size > limit_mb * 1024 * 1024:
+        return f"it is {size / 1024 / 1024:.1f} MB and uploads are limited to {limit_mb} MB"
+    return None
 
 
 def _scan(folder: Path) -> Iterator[tuple[str, _Stat]]:
