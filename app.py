@@ -6,6 +6,7 @@ from pathlib import Path
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
+from chainlit.input_widget import Select, Slider
 from chainlit.server import app as chainlit_server
 
 from ragchat.backends import QuestionRejected, Sources, Step, Token, group_by_label
@@ -46,12 +47,31 @@ async def start_chat() -> None:
     if current_account() is None:
         await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
         return
-    cl.user_session.set("chat", ragchat.backend.new_chat())
+    chat = ragchat.backend.new_chat()
+    cl.user_session.set("chat", chat)
+    await cl.ChatSettings(
+        [
+            Select(
+                id="mode",
+                label="Search the documents by",
+                items={"meaning and words (hybrid)": "hybrid", "meaning": "vector", "words": "lexical"},
+                initial_value=chat.mode,
+            ),
+            Slider(id="top_k", label="Passages per answer", initial=chat.top_k, min=1, max=12, step=1),
+        ]
+    ).send()
     starters = [
         cl.Action(name="starter", payload={"question": question}, label=question)
         for question in ragchat.settings.starters
     ]
     await cl.Message(content=ragchat.settings.welcome_message, actions=starters).send()
+
+
+@cl.on_settings_update
+async def retune(values: dict) -> None:
+    chat = cl.user_session.get("chat")
+    if chat is not None:
+        chat.configure(top_k=int(values["top_k"]), mode=values["mode"])
 
 
 @cl.action_callback("starter")

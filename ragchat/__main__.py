@@ -1,8 +1,10 @@
-"""Command line: `python -m ragchat ingest [--rebuild]`."""
+"""Command line: `python -m ragchat ingest [--rebuild]`, `eval`, `convert-smart`."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import click
 
@@ -33,6 +35,47 @@ def ingest(rebuild: bool) -> None:
         raise click.ClickException(str(error)) from None
     report = library.sync(rebuild=rebuild, progress=True)
     click.echo(("Rebuilt the index. " if report.rebuilt else "") + f"{settings.data_dir}: " + report.summary())
+
+
+@cli.command(name="eval")
+@click.option("--docs", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--qrels", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the index in this folder, to measure other modes on it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def evaluate_retrieval(
+    docs: Path, queries: Path, qrels: Path, storage: Path | None, as_json: bool
+) -> None:
+    """Retrieval quality on a test collection, with the current settings (RETRIEVAL_MODE...)."""
+    setup_logging()
+    logging.getLogger("ragchat").setLevel(logging.WARNING)
+    from ragchat.evaluate import evaluate, read_qrels, read_queries
+
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    judged = read_qrels(qrels)
+    results = evaluate(settings, docs, read_queries(queries), judged, storage)
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    click.echo(f"{results['queries']} judged queries, retrieval mode {settings.retrieval_mode}")
+    for name, value in results.items():
+        if name != "queries":
+            click.echo(f"{name:>16}  {value:.3f}")
+
+
+@cli.command(name="convert-smart")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("target", type=click.Path(file_okay=False, path_type=Path))
+def convert_smart_collection(source: Path, target: Path) -> None:
+    """Turn a SMART collection (such as Cranfield) into docs/, queries.tsv and qrels.tsv."""
+    from ragchat.evaluate import convert_smart
+
+    documents, judged = convert_smart(source, target)
+    click.echo(f"{documents} documents in {target / 'docs'}, {judged} judged queries")
 
 
 if __name__ == "__main__":

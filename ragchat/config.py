@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     llm_threads: int | None = Field(None, ge=1)
 
     # Retrieval
+    retrieval_mode: Literal["vector", "lexical", "hybrid"] = "hybrid"
     chunk_size: int = Field(240, ge=32, le=8192)
     chunk_overlap: int = Field(24, ge=0)
     top_k: int = Field(4, ge=1, le=50)

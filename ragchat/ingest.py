@@ -106,7 +106,7 @@ class Library:
         self.data_dir = settings.data_dir
         self._storage = settings.storage_dir
         self._storage.mkdir(parents=True, exist_ok=True)
-        self._embed_model = embed_model
+        self.embed_model = embed_model
         self._splitter = SentenceSplitter(
             chunk_size=settings.chunk_size,
             chunk_overlap=settings.chunk_overlap,
@@ -127,7 +127,7 @@ class Library:
         self._skipped: dict[str, tuple[_Stat, str]] = {}  # reported once per file version
 
     def index(self) -> VectorStoreIndex:
-        return VectorStoreIndex.from_vector_store(self.store, embed_model=self._embed_model)
+        return VectorStoreIndex.from_vector_store(self.store, embed_model=self.embed_model)
 
     # --- sync ---------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class Library:
 
     def _pipeline(self, docstore: SimpleDocumentStore) -> IngestionPipeline:
         return IngestionPipeline(
-            transformations=[self._splitter, self._embed_model],
+            transformations=[self._splitter, self.embed_model],
             vector_store=self.store,
             docstore=docstore,
             docstore_strategy=DocstoreStrategy.UPSERTS,

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
 _EMPTY = VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
@@ -47,6 +48,23 @@ class LanceStore(LanceDBVectorStore):
         if self._current_table() is not None:
             self._connection.drop_table(self._table_name)
             self._table = None
+
+    def version(self) -> int | None:
+        table = self._current_table()
+        return table.version if table is not None else None
+
+    def all_nodes(self) -> list[BaseNode]:
+        """Every chunk, with its embedding: what a lexical index is built from."""
+        table = self._current_table()
+        if table is None:
+            return []
+        rows = table.to_arrow().select(["metadata", self.vector_column_name]).to_pylist()
+        nodes = []
+        for row in rows:
+            node = metadata_dict_to_node(row["metadata"])
+            node.embedding = list(row[self.vector_column_name])
+            nodes.append(node)
+        return nodes
 
     def count(self) -> int:
         table = self._current_table()

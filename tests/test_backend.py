@@ -186,3 +186,12 @@ async def test_the_local_model_loads_once_per_process_not_per_chat(
     for _ in range(3):
         await collect(backend.new_chat(), "What can ragchat do?")
     assert len(loads) == 1
+
+
+@pytest.mark.parametrize("mode", ["vector", "lexical", "hybrid"])
+async def test_a_chat_can_retrieve_fewer_passages_another_way(guide_backend, mode: str) -> None:
+    chat = guide_backend.new_chat()
+    chat.configure(top_k=1, mode=mode)
+    events = await collect(chat, "Which setting points ragchat at an OpenAI-compatible server?")
+    assert events[0].output.count("**ragchat-user-guide.md**") == 1
+    assert "OPENAI_BASE_URL" in events[0].output

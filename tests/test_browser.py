@@ -287,3 +287,19 @@ def test_a_file_copied_into_data_is_answered_within_ten_seconds(
     answer = page.locator(ANSWER).nth(1)
     expect(answer).to_contain_text("Sources:", timeout=180_000)
     expect(sources_of(answer)).to_have_text("quokkas.md")
+
+
+def test_the_settings_panel_changes_how_many_passages_are_retrieved(page: Page) -> None:
+    page.locator("#chat-settings-open-modal").click()
+    page.get_by_role("slider").press("Home")  # down to 1 passage
+    page.locator("#mode").click()
+    page.get_by_role("option", name="words", exact=True).click()
+    page.locator("#confirm").click()
+
+    page.locator("#chat-input").fill("Which setting points ragchat at an OpenAI-compatible server?")
+    page.keyboard.press("Enter")
+    expect(page.locator(ANSWER).nth(1)).to_contain_text("Sources:", timeout=180_000)
+    page.get_by_text("Used Retrieve").click()
+    retrieved = page.locator('[data-step-type="retrieval"]')
+    expect(retrieved).to_contain_text("OPENAI_BASE_URL")
+    expect(retrieved.get_by_text(re.compile(r"\(similarity"))).to_have_count(1)

@@ -59,8 +59,11 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict]]:
     app = tmp_path_factory.mktemp("upsun") / "app"
     for name in committed_files():
-        (app / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, app / name)
+        if (ROOT / name).exists():  # Chainlit deletes .files (and its .gitkeep) when it stops
+            (app / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, app / name)
+    for mount in MOUNTS:  # Upsun mounts them whatever the build left
+        (app / mount).mkdir(exist_ok=True)
     for path in app.rglob("*"):  # read-only, as after Upsun's build, but for the mounts
         if path.relative_to(app).parts[0] not in MOUNTS:
             path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

@@ -107,7 +107,7 @@ def test_unchanged_and_touched_files_are_not_read_again(
     assert not report.changed_anything and report.chunks == 0
     assert reads == []
     # ... and a fresh process (the CLI, a restart) does not read them either.
-    again = Library(library.settings, library._embed_model)
+    again = Library(library.settings, library.embed_model)
     assert not again.sync().changed_anything and reads == []
 
 
@@ -285,7 +285,7 @@ def test_a_kill_9_mid_ingest_loses_nothing_and_the_next_sync_finishes(
     written = library.store.count()
     assert 21 < written < 241, "the ingest should have been killed half-way"
 
-    reopened = Library(library.settings, library._embed_model)
+    reopened = Library(library.settings, library.embed_model)
     assert search(reopened, "What is the reference code of item 7?")[0][0] == "fact007.txt"
     assert search(reopened, "seed")[0][0] == "seed.md"
 

@@ -63,7 +63,13 @@ class Turn:
 
 
 class Chat(Protocol):
+    top_k: int
+    mode: str
+
     def ask(self, question: str) -> AsyncIterator[Event]: ...
+
+    def configure(self, top_k: int, mode: str) -> None:
+        """How many passages to retrieve, and how (vector, lexical or hybrid), from now on."""
 
 
 class Backend(Protocol):

@@ -11,7 +11,6 @@ from typing import Any
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.llms import LLM, ChatMessage, MessageRole
 from llama_index.core.memory import Memory
-from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.response_synthesizers import CompactAndRefine
 from llama_index.core.schema import NodeWithScore, QueryBundle
@@ -19,6 +18,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from ragchat.backends import Event, QuestionRejected, Source, Sources, Step, Token, Turn
 from ragchat.config import Settings
 from ragchat.ingest import Library, SyncReport, UploadOutcome, add_upload
+from ragchat.retrieval import Mode, RelevanceGate, build_retriever
 from ragchat.models import build_embed_model, build_llm, embed_name, llm_name
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class LlamaIndexBackend:
             bot_name=settings.bot_name
         )
         # Two characters a token is the worst case of ordinary text.
-        self._max_question_chars = 2 * settings.prompt_room
+        self.max_question_chars = 2 * settings.prompt_room
         condense = settings.followup_query == "condense" or (
             settings.followup_query == "auto" and not settings.llm_is_local
         )
@@ -118,38 +118,51 @@ class LlamaIndexBackend:
         return add_upload(self.library, source, original_name)
 
     def new_chat(self, history: Sequence[Turn] = ()) -> LlamaIndexChat:
-        settings = self._settings
         memory = Memory.from_defaults(
             chat_history=[ChatMessage(role=turn.role, content=turn.content) for turn in history],
-            token_limit=settings.prompt_room,
+            token_limit=self._settings.prompt_room,
         )
-        engine = FollowUpChatEngine(
-            retriever=self.library.index().as_retriever(similarity_top_k=settings.top_k),
+        return LlamaIndexChat(self, memory)
+
+    def engine(self, memory: Memory, top_k: int, mode: Mode) -> FollowUpChatEngine:
+        return FollowUpChatEngine(
+            retriever=build_retriever(self.library, self._settings, top_k=top_k, mode=mode),
             llm=self._llm,
             memory=memory,
             context_prompt=self._context_prompt,
             node_postprocessors=[
-                SimilarityPostprocessor(similarity_cutoff=settings.similarity_cutoff)
+                RelevanceGate(
+                    cutoff=self._settings.similarity_cutoff,
+                    embed_model=self.library.embed_model,
+                    store=self.library.store,
+                )
             ],
             recent_turns=self._recent_turns,
         )
-        return LlamaIndexChat(engine, self._max_question_chars)
 
 
 class LlamaIndexChat:
-    def __init__(self, engine: FollowUpChatEngine, max_question_chars: int):
-        self._engine = engine
-        self._max_question_chars = max_question_chars
+    def __init__(self, backend: LlamaIndexBackend, memory: Memory):
+        self._backend = backend
+        self._memory = memory
+        self.top_k = backend._settings.top_k
+        self.mode: Mode = backend._settings.retrieval_mode
+
+    def configure(self, top_k: int, mode: Mode) -> None:
+        """Retrieve differently from the next question on (the chat settings panel)."""
+        self.top_k, self.mode = top_k, mode
 
     async def ask(self, question: str) -> AsyncIterator[Event]:
         if not question.strip():
             raise QuestionRejected("The message is empty: type a question about your documents.")
-        if len(question) > self._max_question_chars:
+        limit = self._backend.max_question_chars
+        if len(question) > limit:
             raise QuestionRejected(
                 f"The message is {len(question):,} characters long; the model reads at most "
-                f"{self._max_question_chars:,} at once. Shorten it, or ask about one part at a time."
+                f"{limit:,} at once. Shorten it, or ask about one part at a time."
             )
-        response = await self._engine.astream_chat(question)
+        engine = self._backend.engine(self._memory, self.top_k, self.mode)
+        response = await engine.astream_chat(question)
         try:
             query = str(response.sources[0].raw_input["message"])
             sources = tuple(_source(node) for node in response.source_nodes)
