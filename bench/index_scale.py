@@ -132,7 +132,7 @@ def export_json_store(work: Path) -> dict:
         node.relationships = {}
         node.metadata = {"doc_id": row["doc_id"]}
     context = StorageContext.from_defaults(vector_store=SimpleVectorStore())
-    VectorStoreIndex(nodes, storage_context=context, embed_model=library._embed_model)
+    VectorStoreIndex(nodes, storage_context=context, embed_model=library.embed_model)
     started = time.perf_counter()
     context.persist(str(work / "json"))
     return {"persist": time.perf_counter() - started}
