@@ -60,7 +60,11 @@ STRATEGIES = ["latest only", "joined text", "LLM condense", "weighted (app)"]
 async def measure(backend, conversations, top_k: int) -> dict[str, list[int]]:
     retriever = backend.library.index().as_retriever(similarity_top_k=top_k)
     condenser = FollowUpChatEngine(
-        retriever=retriever, llm=backend._llm, memory=Memory.from_defaults(), recent_turns=None
+        retriever=retriever,
+        llm=backend._llm,
+        memory=Memory.from_defaults(),
+        recent_turns=None,
+        embed_model=backend.library.embed_model,
     )
     ranks: dict[str, list[int]] = {name: [] for name in STRATEGIES}
     for first, follow_up, key in conversations:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.core.llms import LLM, ChatMessage, MessageRole
 from llama_index.core.memory import Memory
@@ -45,9 +46,12 @@ class FollowUpChatEngine(CondensePlusContextChatEngine):
     bench/followup_retrieval.py measures the choices.
     """
 
-    def __init__(self, *args: Any, recent_turns: int | None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, recent_turns: int | None, embed_model: BaseEmbedding, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self._recent_turns = recent_turns
+        self._embed_model = embed_model
 
     async def _acondense_question(
         self, chat_history: list[ChatMessage], latest_message: str
@@ -59,6 +63,10 @@ class FollowUpChatEngine(CondensePlusContextChatEngine):
     async def _aget_nodes(self, message: str | QueryBundle) -> list[NodeWithScore]:
         # The parent wraps the query in a fresh QueryBundle, which would drop the weighting.
         query = message if isinstance(message, QueryBundle) else QueryBundle(message)
+        # Embedded once, for the vector search and the relevance gate alike.
+        query.embedding = await self._embed_model.aget_agg_embedding_from_queries(
+            query.embedding_strs
+        )
         nodes = await self._retriever.aretrieve(query)
         for postprocessor in self._node_postprocessors:
             nodes = await postprocessor.apostprocess_nodes(nodes, query_bundle=query)
@@ -138,6 +146,7 @@ class LlamaIndexBackend:
                 )
             ],
             recent_turns=self._recent_turns,
+            embed_model=self.library.embed_model,
         )
 
 
