@@ -2,7 +2,7 @@
 
 import logging
 
-_NOISY = ["llama_index", "httpx", "sentence_transformers", "transformers", "lancedb", "bm25s"]
+_NOISY = ["llama_index", "httpx", "sentence_transformers", "transformers", "lancedb"]
 
 
 def setup_logging() -> None:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from typing import Any, Literal
@@ -24,6 +25,9 @@ from llama_index.retrievers.bm25 import BM25Retriever
 from ragchat.config import Settings
 from ragchat.ingest import Library
 
+# bm25s sets its own logger to DEBUG when imported.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
+
 Mode = Literal["vector", "lexical", "hybrid"]
 # How deep each retriever looks before fusion: rank fusion needs more than the final top-k.
 _FUSION_DEPTH = 30
@@ -34,10 +38,11 @@ def build_retriever(
 ) -> BaseRetriever:
     top_k = top_k or settings.top_k
     mode = mode or settings.retrieval_mode
-    if mode == "vector" or library.store.count() == 0:
+    chunks = library.store.count()
+    if mode == "vector" or chunks == 0:
         return library.index().as_retriever(similarity_top_k=top_k)
     # bm25s cannot return more than it holds.
-    lexical = _lexical(library, min(max(top_k, _FUSION_DEPTH), library.store.count()))
+    lexical = _lexical(library, min(max(top_k, _FUSION_DEPTH), chunks))
     if mode == "lexical":
         return _Truncated(lexical, top_k)
     return QueryFusionRetriever(
