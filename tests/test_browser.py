@@ -123,6 +123,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        # Chainlit deletes .files when it stops; put back the placeholder git keeps it by.
+        (ROOT / ".files").mkdir(exist_ok=True)
+        (ROOT / ".files" / ".gitkeep").touch()
 
 
 @pytest.fixture
@@ -260,7 +263,7 @@ def test_an_admin_uploads_a_document_and_can_ask_about_it(page: Page) -> None:
     expect(page.get_by_text("Added zorblax stew_.md (1 passage)")).to_be_visible(timeout=60_000)
     answer = page.locator(ANSWER).last
     expect(answer).to_contain_text("Sources:", timeout=180_000)
-    expect(sources_of(answer)).to_have_text("zorblax stew_.md")
+    expect(sources_of(answer).first).to_have_text("zorblax stew_.md")  # the best passage
 
 
 def test_a_user_who_is_not_admin_cannot_upload(app: RunningApp, browser_page: Page) -> None:
@@ -286,7 +289,7 @@ def test_a_file_copied_into_data_is_answered_within_ten_seconds(
     page.keyboard.press("Enter")
     answer = page.locator(ANSWER).nth(1)
     expect(answer).to_contain_text("Sources:", timeout=180_000)
-    expect(sources_of(answer)).to_have_text("quokkas.md")
+    expect(sources_of(answer).first).to_have_text("quokkas.md")
 
 
 def test_the_settings_panel_changes_how_many_passages_are_retrieved(page: Page) -> None:
