@@ -150,7 +150,8 @@ class Library:
             if not recorded or rebuild:
                 self._seed_sample_docs()
             self._sync(report, progress)
-            self._write_json("index.json", self._signature)
+            if recorded != self._signature:  # not every few seconds on a shared mount
+                self._write_json("index.json", self._signature)
         report.seconds = time.monotonic() - started
         return report
 

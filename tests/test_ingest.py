@@ -101,7 +101,10 @@ def test_unchanged_and_touched_files_are_not_read_again(
         "SimpleDirectoryReader",
         lambda **kwargs: reads.append(kwargs["input_files"]) or real_reader(**kwargs),
     )
+    signature = library.settings.storage_dir / "index.json"
+    written = signature.stat().st_mtime_ns
     assert not library.sync().changed_anything
+    assert signature.stat().st_mtime_ns == written  # a sync with nothing to do writes nothing
     os.utime(data / "seed.md", ns=(1, 1))  # touched: same content, other date
     report = library.sync()
     assert not report.changed_anything and report.chunks == 0
