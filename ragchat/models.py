@@ -128,6 +128,7 @@ def build_tokenizer(settings: Settings) -> Callable[[str], list]:
             model_max_length=sys.maxsize,
         )
         return lambda text: tokenizer.encode(text, add_special_tokens=False)
-    import tiktoken
+    # llama_index's own tiktoken encoding, read from the copy it ships rather than downloaded.
+    from llama_index.core.utils import get_tokenizer
 
-    return tiktoken.get_encoding("cl100k_base").encode
+    return get_tokenizer()

@@ -12,14 +12,24 @@ from ragchat.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "ragchat-user-guide.md"
-SETTING_NAMES = [name.upper() for name in Settings.model_fields]
+SETTING_NAMES = {name.upper() for name in Settings.model_fields}
+
+
+def is_setting(variable: str) -> bool:
+    # Settings are read case-insensitively: `openai_api_key` counts as OPENAI_API_KEY.
+    return variable.upper() in SETTING_NAMES
+
+
+def environ_without_settings() -> dict[str, str]:
+    """This process's environment minus every ragchat setting, for apps the tests start."""
+    return {key: value for key, value in os.environ.items() if not is_setting(key)}
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No ragchat setting from the developer's shell or .env: each test sets its own."""
-    for name in SETTING_NAMES:
-        monkeypatch.delenv(name, raising=False)
+    for name in [key for key in os.environ if is_setting(key)]:
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # so no .env of the project is read
     return tmp_path
 
@@ -33,7 +43,7 @@ def guide_backend(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("guide")
     (root / "data").mkdir()
     shutil.copy(GUIDE, root / "data")
-    saved = {name: os.environ.pop(name) for name in SETTING_NAMES if name in os.environ}
+    saved = {name: os.environ.pop(name) for name in list(os.environ) if is_setting(name)}
     try:
         settings = load_settings(
             _env_file=None, data_dir=root / "data", storage_dir=root / "storage"

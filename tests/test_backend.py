@@ -22,6 +22,7 @@ from ragchat.backends.llama_index import NO_CONTEXT_ANSWER, follow_up_query
 from ragchat.config import ConfigError, load_settings
 
 from .conftest import GUIDE
+from .openai_server import REPLY, OpenAIServer
 
 
 async def collect(chat, question: str) -> list:
@@ -168,6 +169,28 @@ async def test_first_start_seeds_the_guide_and_an_emptied_library_says_so(
     # Restarting does not bring the sample back: it is only for the very first start.
     create_backend(settings)
     assert sorted(p.name for p in (clean_env / "data").iterdir()) == [".hidden"]
+
+
+async def test_with_an_openai_compatible_server_everything_goes_through_it(
+    clean_env: Path,
+) -> None:
+    # Nothing here may need the network: on a closed machine a download fails, and it did once
+    # (the tokenizer that sizes chunks for OpenAI embeddings).
+    (clean_env / "data").mkdir()
+    shutil.copy(GUIDE, clean_env / "data")
+    with OpenAIServer() as server:
+        settings = load_settings(
+            _env_file=None, openai_api_key="sk-test", openai_base_url=server.base_url
+        )
+        backend = create_backend(settings)
+        events = await collect(backend.new_chat(), "Which file types are supported?")
+    assert answer_text(events) == REPLY
+    assert {source.file_name for source in events[-1].items} == {"ragchat-user-guide.md"}
+    paths = [path for path, _ in server.requests]
+    assert paths.count("/v1/chat/completions") == 1
+    assert "/v1/embeddings" in paths
+    prompt = server.requests[paths.index("/v1/chat/completions")][1]["messages"]
+    assert any("Markdown (.md)" in message["content"] for message in prompt)
 
 
 async def test_the_local_model_loads_once_per_process_not_per_chat(

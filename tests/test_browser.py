@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, Response, expect, sync_playwright
 
-from .conftest import ROOT, SETTING_NAMES
+from .conftest import ROOT, environ_without_settings
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the networking flags Chromium keeps dialling out, which this machine refuses.
@@ -91,7 +91,7 @@ class RunningApp:
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     root = tmp_path_factory.mktemp("app")
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key not in SETTING_NAMES}
+    env = environ_without_settings()
     env.pop("CHAINLIT_AUTH_SECRET", None)
     env.update(
         DATA_DIR=str(root / "data"),
@@ -101,6 +101,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
         BOT_NAME=BOT_NAME,
         WELCOME_MESSAGE=WELCOME,
         STARTERS="Which models does ragchat use?|How do I add my own documents?",
+        # The embedded default, even where the machine has an OpenAI key or a .env of its own.
+        LLM_PROVIDER="local",
+        EMBED_PROVIDER="local",
     )
     log = root / "app.log"
     with log.open("w") as output:

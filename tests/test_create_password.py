@@ -13,7 +13,7 @@ from argon2 import PasswordHasher
 
 from ragchat.auth import UserStore
 
-from .conftest import ROOT, SETTING_NAMES
+from .conftest import ROOT, environ_without_settings
 
 STRONG = "correct horse battery staple"
 
@@ -26,7 +26,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def run(db_path: Path, tmp_path: Path):
     def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+        env = environ_without_settings()
         return subprocess.run(
             [sys.executable, str(ROOT / "create_password.py"), *args],
             input=stdin,

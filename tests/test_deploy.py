@@ -23,7 +23,7 @@ import pytest
 import yaml
 from playwright.sync_api import Page, expect, sync_playwright
 
-from .conftest import ROOT, SETTING_NAMES
+from .conftest import ROOT, environ_without_settings
 from .test_browser import (
     ANSWER,
     CHROMIUM,
@@ -70,7 +70,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     before = snapshot(app)
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env = environ_without_settings()
     env.pop("CHAINLIT_AUTH_SECRET", None)
     env.update({k: str(v) for k, v in APP["variables"]["env"].items()})
     env.update(PORT=str(port), HOME=str(app), PATH=f"{Path(sys.executable).parent}:{env['PATH']}")

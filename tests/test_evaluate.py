@@ -13,7 +13,7 @@ import pytest
 
 from ragchat.evaluate import convert_smart, read_qrels, read_queries, scores
 
-from .conftest import ROOT, SETTING_NAMES
+from .conftest import ROOT, environ_without_settings
 
 CRANFIELD = ROOT.parent / "shared" / "eval" / "cranfield"
 SLICE_QUERIES = 60
@@ -69,7 +69,7 @@ def test_retrieval_on_a_slice_of_cranfield_stays_above_the_floor(
             for name, grade in judged[query].items():
                 qrels.write(f"{query}\t{name}\t{grade}\n")
 
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env = environ_without_settings()
     result = subprocess.run(
         [sys.executable, "-m", "ragchat", "eval", "--docs", str(tmp_path / "docs"),
          "--queries", str(cranfield / "queries.tsv"), "--qrels", str(tmp_path / "qrels.tsv"),

@@ -18,7 +18,7 @@ from ragchat.ingest import Library, add_upload, safe_file_name, store_upload
 from ragchat.models import build_embed_model
 
 from . import files
-from .conftest import ROOT, SETTING_NAMES
+from .conftest import ROOT, environ_without_settings
 from .openai_server import OpenAIServer
 
 
@@ -246,7 +246,7 @@ def test_bad_uploads_are_refused_and_not_kept(library: Library, folders, tmp_pat
 
 
 def run_ingest(data: Path, storage: Path, *args: str, **popen) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env = environ_without_settings()
     env.update(DATA_DIR=str(data), STORAGE_DIR=str(storage))
     return subprocess.Popen(
         [sys.executable, "-m", "ragchat", "ingest", *args],
