@@ -23,9 +23,10 @@ $(VENV)/.installed: requirements.txt requirements-local.txt requirements.lock
 	$(BIN)/pip install -r requirements-local.txt -c requirements.lock
 	touch $@
 
-# Browser tests drive Debian's Chromium; Playwright cannot download its own browsers here.
+# Browser tests drive Debian's Chromium (Playwright cannot download its own browsers here);
+# exported PDFs are read back with poppler's pdftotext.
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
-	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+	command -v chromium >/dev/null && command -v pdftotext >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium poppler-utils; }
 	$(BIN)/pip install -r requirements-test.txt -c requirements.lock
 	touch $@
 

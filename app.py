@@ -8,10 +8,14 @@ import chainlit as cl
 from chainlit.config import config as chainlit_config
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as chainlit_server
+from chainlit.types import ThreadDict
 
 from ragchat.backends import QuestionRejected, Sources, Step, Token, group_by_label
+from ragchat.history import turns_from_thread
 from ragchat.ingest import UPLOAD_TYPES
 from ragchat.login import login, throttle_logins
+from ragchat.pdf import answer_pdf, pdf_file_name
+from ragchat.routes import add_history_routes
 from ragchat.startup import keep_in_sync, start
 
 ragchat = start()
@@ -19,6 +23,7 @@ chainlit_config.ui.name = ragchat.settings.bot_name
 uploads = chainlit_config.features.spontaneous_file_upload
 uploads.enabled, uploads.accept, uploads.max_size_mb = True, UPLOAD_TYPES, ragchat.settings.upload_max_mb
 throttle_logins(chainlit_server)
+add_history_routes(chainlit_server, ragchat.history, prefix=chainlit_config.run.root_path)
 log = logging.getLogger("ragchat.app")
 background_tasks = set()
 
@@ -30,6 +35,11 @@ async def watch_documents() -> None:
     if ragchat.settings.watch_interval:
         task = asyncio.create_task(keep_in_sync(ragchat.backend, ragchat.settings.watch_interval))
         background_tasks.add(task)  # the loop keeps only a weak reference
+
+
+@cl.data_layer
+def history():
+    return ragchat.history
 
 
 @cl.password_auth_callback
@@ -49,6 +59,27 @@ async def start_chat() -> None:
         return
     chat = ragchat.backend.new_chat()
     cl.user_session.set("chat", chat)
+    await send_settings_panel(chat)
+    starters = [
+        cl.Action(name="starter", payload={"question": question}, label=question)
+        for question in ragchat.settings.starters
+    ]
+    await cl.Message(content=ragchat.settings.welcome_message, actions=starters).send()
+
+
+@cl.on_chat_resume
+async def resume_chat(thread: ThreadDict) -> None:
+    if current_account() is None:
+        await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
+        return
+    chat = ragchat.backend.new_chat(history=turns_from_thread(thread))
+    if saved := cl.context.session.chat_settings:  # restored by Chainlit from the thread
+        chat.configure(top_k=int(saved.get("top_k", chat.top_k)), mode=saved.get("mode", chat.mode))
+    cl.user_session.set("chat", chat)
+    await send_settings_panel(chat)
+
+
+async def send_settings_panel(chat) -> None:
     await cl.ChatSettings(
         [
             Select(
@@ -60,11 +91,6 @@ async def start_chat() -> None:
             Slider(id="top_k", label="Passages per answer", initial=chat.top_k, min=1, max=12, step=1),
         ]
     ).send()
-    starters = [
-        cl.Action(name="starter", payload={"question": question}, label=question)
-        for question in ragchat.settings.starters
-    ]
-    await cl.Message(content=ragchat.settings.welcome_message, actions=starters).send()
 
 
 @cl.on_settings_update
@@ -78,7 +104,11 @@ async def retune(values: dict) -> None:
 async def ask_starter(action: cl.Action) -> None:
     question = action.payload["question"]
     await cl.Message(content=question, type="user_message", author="You").send()
-    await answer(question)
+    try:
+        await answer(question)
+    finally:
+        # Chainlit names a thread begun by an action after the action ("starter").
+        await ragchat.history.update_thread(cl.context.session.thread_id, name=question)
 
 
 @cl.on_message
@@ -147,4 +177,24 @@ async def answer(question: str) -> None:
             for label, group in groups.items()
         ]
         reply.content += "\n\nSources: " + ", ".join(groups)
+    reply.actions = [
+        cl.Action(name="download_pdf", payload={"question": question[:500]}, label="Download PDF")
+    ]
     await reply.send()
+
+
+@cl.action_callback("download_pdf")
+async def download_pdf(action: cl.Action) -> None:
+    # The answer is read back from the history, and only from the caller's own threads: the
+    # action's ids come from the browser.
+    step = await ragchat.history.get_step(action.forId)
+    owner = await ragchat.history.owner_of_step(action.forId)
+    if step is None or owner != cl.user_session.get("user").identifier:
+        await cl.ErrorMessage(content="That answer is not in your conversations, so it cannot be exported.").send()
+        return
+    question = str(action.payload.get("question", ""))
+    pdf = answer_pdf(question, step["output"], ragchat.settings.bot_name)
+    await cl.Message(
+        content="The answer as a PDF:",
+        elements=[cl.File(name=pdf_file_name(question), content=pdf, mime="application/pdf", display="inline")],
+    ).send()

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     upload_max_mb: int = Field(20, ge=1, le=1024)
     # Accounts; the session-signing secret is kept next to it when not set in the environment.
     db_path: Path = Path("database/auth.db")
+    # Conversations (messages, feedback) and the files attached to them: sources, PDFs, uploads.
+    history_db_path: Path = Path("database/history.db")
+    history_files_dir: Path = Path("database/history-files")
 
     # Which models answer and embed. "auto" means OpenAI when OPENAI_API_KEY is set,
     # otherwise the local models that ship inside Python packages.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ragchat.auth import UserStore, create_first_admin, ensure_auth_secret
 from ragchat.backends import Backend, create_backend
 from ragchat.config import ConfigError, Settings, load_settings
+from ragchat.history import HistoryDataLayer, HistorySchemaError
 from ragchat.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ class App:
     settings: Settings
     users: UserStore
     backend: Backend
+    history: HistoryDataLayer
 
 
 def start() -> App:
@@ -30,12 +32,13 @@ def start() -> App:
         settings = load_settings()
         users = UserStore(settings.db_path)
         ensure_auth_secret(settings.db_path.parent)
+        history = HistoryDataLayer(settings.history_db_path, settings.history_files_dir)
         backend = create_backend(settings)
-    except ConfigError as error:
+    except (ConfigError, HistorySchemaError) as error:
         sys.exit(f"ragchat cannot start: {error}")
     if password := create_first_admin(users):
         print(FIRST_ADMIN_NOTICE.format(password=password), flush=True)
-    return App(settings, users, backend)
+    return App(settings, users, backend, history)
 
 
 async def keep_in_sync(backend: Backend, interval: float) -> None:

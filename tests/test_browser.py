@@ -97,6 +97,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
         DATA_DIR=str(root / "data"),
         STORAGE_DIR=str(root / "storage"),
         DB_PATH=str(root / "database" / "auth.db"),
+        HISTORY_DB_PATH=str(root / "database" / "history.db"),
+        HISTORY_FILES_DIR=str(root / "database" / "history-files"),
         CHAINLIT_PORT=str(port),
         BOT_NAME=BOT_NAME,
         WELCOME_MESSAGE=WELCOME,

@@ -1,0 +1,403 @@
+"""Chat history in SQLite: Chainlit's SQLAlchemy data layer with its schema, its SQLite bugs
+fixed, and a storage client that keeps element files under `database/`.
+
+Chainlit creates no tables, so `migrate()` does, versioned with SQLite's `user_version`.
+Version 1 is the schema Chainlit documents; version 2 adds what Chainlit 2.x writes that the
+documented schema lacks. A database made from Chainlit's documentation is upgraded in place.
+
+`HistoryDataLayer` fixes what the base layer gets wrong on SQLite:
+- thread and step tags were bound as a Python list (chainlit#2528): they are stored as JSON;
+- a step's `modes` dict was bound as-is (chainlit#2750): JSON as well;
+- steps carry keys with no documented column, such as `autoCollapse` (chainlit#2832): the schema
+  has them, and a key with no column is dropped with a warning instead of failing the write;
+- SQL errors were swallowed into a warning: they are logged as errors naming the statement;
+- thread ids come from the browser and are pasted into one of the base layer's queries: a
+  thread id that is not a UUID is refused before it is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import mimetypes
+import re
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.data.storage_clients.base import BaseStorageClient
+from chainlit.element import ElementDict
+from chainlit.types import Feedback, ThreadDict
+from sqlalchemy import event, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from ragchat.backends import Turn
+
+log = logging.getLogger(__name__)
+
+FILES_ROUTE = "/ragchat/files"
+TITLE_LENGTH = 60
+
+_DOCUMENTED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    "id" TEXT PRIMARY KEY,
+    "identifier" TEXT NOT NULL UNIQUE,
+    "metadata" TEXT NOT NULL DEFAULT '{}',
+    "createdAt" TEXT
+);
+CREATE TABLE IF NOT EXISTS threads (
+    "id" TEXT PRIMARY KEY,
+    "createdAt" TEXT,
+    "name" TEXT,
+    "userId" TEXT,
+    "userIdentifier" TEXT,
+    "tags" TEXT,
+    "metadata" TEXT,
+    FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS steps (
+    "id" TEXT PRIMARY KEY,
+    "name" TEXT NOT NULL,
+    "type" TEXT NOT NULL,
+    "threadId" TEXT NOT NULL,
+    "parentId" TEXT,
+    "streaming" BOOLEAN NOT NULL,
+    "waitForAnswer" BOOLEAN,
+    "isError" BOOLEAN,
+    "metadata" TEXT,
+    "tags" TEXT,
+    "input" TEXT,
+    "output" TEXT,
+    "createdAt" TEXT,
+    "command" TEXT,
+    "start" TEXT,
+    "end" TEXT,
+    "generation" TEXT,
+    "showInput" TEXT,
+    "language" TEXT,
+    "indent" INT,
+    "defaultOpen" BOOLEAN,
+    FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS elements (
+    "id" TEXT PRIMARY KEY,
+    "threadId" TEXT,
+    "type" TEXT,
+    "url" TEXT,
+    "chainlitKey" TEXT,
+    "name" TEXT NOT NULL,
+    "display" TEXT,
+    "objectKey" TEXT,
+    "size" TEXT,
+    "page" INT,
+    "language" TEXT,
+    "forId" TEXT,
+    "mime" TEXT,
+    "props" TEXT,
+    FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS feedbacks (
+    "id" TEXT PRIMARY KEY,
+    "forId" TEXT NOT NULL,
+    "threadId" TEXT,
+    "value" INT NOT NULL,
+    "comment" TEXT,
+    FOREIGN KEY ("threadId") REFERENCES threads("id") ON DELETE CASCADE
+);
+"""
+
+# Columns Chainlit 2.x writes that its documented schema does not have.
+_COLUMNS_SINCE_2 = {
+    "steps": {"modes": "TEXT", "autoCollapse": "BOOLEAN", "icon": "TEXT"},
+    "elements": {"autoPlay": "BOOLEAN", "playerConfig": "TEXT"},
+}
+_INDEXES_SINCE_2 = """
+CREATE INDEX IF NOT EXISTS threads_by_user ON threads ("userId");
+CREATE INDEX IF NOT EXISTS steps_by_thread ON steps ("threadId");
+CREATE INDEX IF NOT EXISTS elements_by_thread ON elements ("threadId");
+CREATE INDEX IF NOT EXISTS elements_by_object_key ON elements ("objectKey");
+CREATE INDEX IF NOT EXISTS feedbacks_by_step ON feedbacks ("forId");
+"""
+SCHEMA_VERSION = 2
+
+
+class HistorySchemaError(Exception):
+    """The history database cannot be used by this version of ragchat."""
+
+
+def migrate(db_path: Path) -> int:
+    """Create or upgrade the history schema; returns the version it was at before. Safe to run
+    at every start and from several processes (each step is one transaction)."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(db_path, timeout=30, isolation_level=None) as db:
+        db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a streaming answer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            found = db.execute("PRAGMA user_version").fetchone()[0]
+            if found > SCHEMA_VERSION:
+                raise HistorySchemaError(
+                    f"{db_path} has history schema version {found}, newer than this ragchat "
+                    f"knows ({SCHEMA_VERSION}); run the newer ragchat or restore a backup"
+                )
+            if found < 1:
+                _run_script(db, _DOCUMENTED_SCHEMA)
+            if found < 2:
+                for table, columns in _COLUMNS_SINCE_2.items():
+                    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                    for column, kind in columns.items():
+                        if column not in present:
+                            db.execute(f'ALTER TABLE {table} ADD COLUMN "{column}" {kind}')
+                _run_script(db, _INDEXES_SINCE_2)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return found
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, which would split the migration's transaction.
+    for statement in filter(str.strip, script.split(";")):
+        db.execute(statement)
+
+
+def _columns(db_path: Path) -> dict[str, set[str]]:
+    with sqlite3.connect(db_path) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: {row[1] for row in db.execute(f"PRAGMA table_info({t})")} for t in tables}
+
+
+class LocalStorage(BaseStorageClient):
+    """Element files on the local disk (Chainlit ships only cloud storage clients).
+
+    Object keys name files by user, element and original name, all chosen by others, so the
+    file on disk is named by a hash of the key: no name can reach outside the folder. Files are
+    served by FILES_ROUTE only to the owner of the thread they belong to (see routes.py)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def path_of(self, object_key: str) -> Path:
+        digest = hashlib.sha256(object_key.encode()).hexdigest()
+        return self.folder / digest[:2] / digest
+
+    async def upload_file(
+        self,
+        object_key: str,
+        data: bytes | str,
+        mime: str = "application/octet-stream",
+        overwrite: bool = True,
+        content_disposition: str | None = None,
+    ) -> dict[str, Any]:
+        path = self.path_of(object_key)
+        if path.exists() and not overwrite:
+            return {"object_key": object_key, "url": await self.get_read_url(object_key)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        async with aiofiles.open(partial, "wb") as file:
+            await file.write(data.encode() if isinstance(data, str) else data)
+        partial.replace(path)  # a crash never leaves half a file under the real name
+        return {"object_key": object_key, "url": await self.get_read_url(object_key)}
+
+    async def delete_file(self, object_key: str) -> bool:
+        self.path_of(object_key).unlink(missing_ok=True)
+        return True
+
+    async def get_read_url(self, object_key: str) -> str:
+        from urllib.parse import quote
+
+        return f"{FILES_ROUTE}/{quote(object_key, safe='')}"
+
+    async def close(self) -> None:
+        pass
+
+
+class HistoryDataLayer(SQLAlchemyDataLayer):
+    def __init__(self, db_path: Path, files_folder: Path):
+        migrate(db_path)
+        self.columns = _columns(db_path)
+        self.storage = LocalStorage(files_folder)
+        super().__init__(conninfo=f"sqlite+aiosqlite:///{db_path}", storage_provider=self.storage)
+        event.listen(self.engine.sync_engine, "connect", _on_connect)
+
+    async def execute_sql(self, query: str, parameters: dict) -> list[dict] | int | None:
+        async with self.async_session() as session:
+            try:
+                async with session.begin():
+                    result = await session.execute(text(query), parameters)
+                    if result.returns_rows:
+                        return self.clean_result([dict(row._mapping) for row in result.fetchall()])
+                    return result.rowcount
+            except SQLAlchemyError as error:
+                # The base layer logs a warning and carries on, so a lost message went unnoticed.
+                log.error("Chat history: %s failed: %s", _statement(query), error)
+                return None
+
+    # Threads
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        name: str | None = None,
+        user_id: str | None = None,
+        metadata: dict | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        if not is_uuid(thread_id):
+            raise ValueError(f"refused to store a thread whose id is not a UUID: {thread_id!r}")
+        await super().update_thread(
+            thread_id,
+            name=thread_title(name) if name is not None else None,
+            user_id=user_id,
+            metadata=metadata,
+            tags=json.dumps(tags) if tags is not None else None,  # type: ignore[arg-type]
+        )
+
+    async def get_all_user_threads(
+        self, user_id: str | None = None, thread_id: str | None = None
+    ) -> list[ThreadDict] | None:
+        threads = await super().get_all_user_threads(user_id=user_id, thread_id=thread_id)
+        for thread in threads or []:
+            thread["tags"] = _json(thread.get("tags"), [])
+            thread["metadata"] = _json(thread.get("metadata"), {})
+            for step in thread["steps"]:
+                for key, empty in (("tags", None), ("metadata", {}), ("generation", None)):
+                    step[key] = _json(step.get(key), empty)  # type: ignore[literal-required]
+            for element in thread["elements"]:
+                element["props"] = _json(element.get("props"), {})
+        return threads
+
+    async def owner_of_thread(self, thread_id: str) -> str | None:
+        rows = await self.execute_sql(
+            'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id}
+        )
+        return rows[0]["userIdentifier"] if rows else None
+
+    # Steps
+
+    async def create_step(self, step_dict: dict) -> None:  # type: ignore[override]
+        unknown = set(step_dict) - self.columns["steps"] - {"feedback"}
+        if unknown:
+            log.warning("Chat history: step fields with no column, not stored: %s", sorted(unknown))
+        row = {key: value for key, value in step_dict.items() if key in self.columns["steps"]}
+        for key in ("modes", "tags"):
+            if isinstance(row.get(key), (dict, list)):
+                row[key] = json.dumps(row[key])
+        await super().create_step(row)  # type: ignore[arg-type]
+
+    async def owner_of_step(self, step_id: str) -> str | None:
+        rows = await self.execute_sql(
+            'SELECT t."userIdentifier" FROM steps s JOIN threads t ON t."id" = s."threadId" '
+            'WHERE s."id" = :id',
+            {"id": step_id},
+        )
+        return rows[0]["userIdentifier"] if rows else None
+
+    # Feedback
+
+    async def upsert_feedback(self, feedback: Feedback) -> str:
+        if feedback.threadId is None:  # the UI leaves it out; the step knows its thread
+            rows = await self.execute_sql(
+                'SELECT "threadId" FROM steps WHERE "id" = :id', {"id": feedback.forId}
+            )
+            feedback.threadId = rows[0]["threadId"] if rows else None
+        return await super().upsert_feedback(feedback)
+
+    async def owner_of_feedback(self, feedback_id: str) -> str | None:
+        rows = await self.execute_sql(
+            'SELECT t."userIdentifier" FROM feedbacks f JOIN steps s ON s."id" = f."forId" '
+            'JOIN threads t ON t."id" = s."threadId" WHERE f."id" = :id',
+            {"id": feedback_id},
+        )
+        return rows[0]["userIdentifier"] if rows else None
+
+    # Elements
+
+    async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
+        # The base layer calls json.loads() on "props", which is NULL for most elements.
+        rows = await self.execute_sql(
+            'SELECT * FROM elements WHERE "threadId" = :thread AND "id" = :id',
+            {"thread": thread_id, "id": element_id},
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        row["props"] = _json(row.get("props"), {})
+        row["playerConfig"] = _json(row.get("playerConfig"), None)
+        return ElementDict(**{key: row.get(key) for key in ElementDict.__annotations__ if key != "path"})
+
+
+    async def owned_file(self, object_key: str, user_identifier: str) -> tuple[Path, str, str] | None:
+        """The file, name and type of an element of one of this user's threads, else None."""
+        rows = await self.execute_sql(
+            'SELECT e."name", e."mime" FROM elements e JOIN threads t ON t."id" = e."threadId" '
+            'WHERE e."objectKey" = :key AND t."userIdentifier" = :user',
+            {"key": object_key, "user": user_identifier},
+        )
+        path = self.storage.path_of(object_key)
+        if not rows or not path.is_file():
+            return None
+        name = rows[0]["name"]
+        mime = rows[0]["mime"] or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return path, name, mime
+
+
+def turns_from_thread(thread: ThreadDict) -> list[Turn]:
+    """The conversation of a stored thread, for a resumed chat's memory: each question and the
+    answer that followed it (the welcome message and error messages are not part of it)."""
+    turns: list[Turn] = []
+    for step in sorted(thread.get("steps", []), key=lambda s: s.get("createdAt") or ""):
+        if step.get("isError"):
+            continue
+        text_ = (step.get("output") or "").strip()
+        if step["type"] == "user_message" and text_:
+            turns.append(Turn("user", text_))
+        elif step["type"] == "assistant_message" and text_ and turns and turns[-1].role == "user":
+            turns.append(Turn("assistant", _without_sources_line(text_)))
+    return turns
+
+
+def thread_title(first_message: str) -> str:
+    """The first question, on one line and at most TITLE_LENGTH characters."""
+    title = " ".join(first_message.split())
+    if len(title) <= TITLE_LENGTH:
+        return title or "New chat"
+    return title[: TITLE_LENGTH - 1].rsplit(" ", 1)[0].rstrip(" ,.;:") + "…"
+
+
+def is_uuid(value: object) -> bool:
+    try:
+        return str(uuid.UUID(str(value))) == str(value).lower()
+    except ValueError:
+        return False
+
+
+def _without_sources_line(answer: str) -> str:
+    return re.sub(r"\n\nSources: [^\n]*$", "", answer)
+
+
+def _statement(query: str) -> str:
+    words = query.split()
+    return " ".join(words[:3]) if words else "an empty statement"
+
+
+def _json(value: object, empty: object) -> object:
+    if not isinstance(value, str):
+        return value if value is not None else empty
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _on_connect(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()

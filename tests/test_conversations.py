@@ -1,0 +1,224 @@
+"""Conversations that last, on the running app: resumed from the sidebar with their context,
+answers downloaded as PDF, and nobody reaching another user's conversations over HTTP."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from .test_browser import (  # noqa: F401  (app, browser_page and page are fixtures)
+    ANSWER,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    WELCOME,
+    RunningApp,
+    app,
+    browser_page,
+    page,
+    sign_in,
+    sources_of,
+)
+
+ALICE = ("alice", "alice's long passphrase")
+BOB = ("bob", "bob's long admin passphrase")
+
+
+def history_rows(app: RunningApp, query: str, *args: object) -> list[sqlite3.Row]:
+    with sqlite3.connect(app.env["HISTORY_DB_PATH"]) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(query, args).fetchall()
+
+
+def ask(page: Page, question: str) -> None:
+    answers = page.locator(ANSWER)
+    before = answers.count()
+    page.locator("#chat-input").fill(question)
+    page.keyboard.press("Enter")
+    expect(answers.nth(before)).to_contain_text("Sources:", timeout=180_000)
+
+
+def stored_rows(app: RunningApp, query: str, *args: object) -> list[sqlite3.Row]:
+    """Rows once they are there: Chainlit writes a message just after showing it."""
+    deadline = time.monotonic() + 10
+    while not (rows := history_rows(app, query, *args)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return rows
+
+
+def test_a_conversation_resumes_from_the_sidebar_and_keeps_its_context(
+    app: RunningApp, page: Page
+) -> None:
+    ask(page, "How do I use OpenAI models?")
+    page.reload()
+    thread = page.locator('li[id^="thread-"]').filter(has_text="How do I use OpenAI models?")
+    expect(thread).to_have_count(1, timeout=30_000)
+    thread.click()
+    expect(page.locator('[data-step-type="user_message"]')).to_have_text(
+        ["How do I use OpenAI models?"], timeout=30_000
+    )
+    expect(page.locator(ANSWER).last).to_contain_text("Sources:")
+
+    ask(page, "and which setting picks the embedding model?")
+    # The follow-up was searched together with the question asked before the reload.
+    [retrieval] = stored_rows(
+        app,
+        'SELECT "input", "output" FROM steps WHERE "type" = \'retrieval\' AND "input" LIKE ?',
+        "%and which setting picks the embedding model?",
+    )
+    assert retrieval["input"] == (
+        "How do I use OpenAI models?\nand which setting picks the embedding model?"
+    )
+    assert "OPENAI_EMBED_MODEL" in retrieval["output"]
+    expect(sources_of(page.locator(ANSWER).last)).to_have_text("ragchat-user-guide.md")
+
+
+def test_an_answer_downloads_as_a_pdf_with_its_text(page: Page, tmp_path: Path) -> None:
+    ask(page, "Which file types are supported?")
+    answer_text = page.locator(ANSWER).last.inner_text()
+    page.get_by_role("button", name="Download PDF").last.click()
+    link = page.locator("a.inline-file").filter(has_text="which-file-types-are-supported.pdf")
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "answer.pdf"
+    download.value.save_as(saved)
+    text = subprocess.run(
+        ["pdftotext", str(saved), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    words = " ".join(text.split())
+    assert "Which file types are supported?" in words
+    assert "Sources: ragchat-user-guide.md" in words
+    first_words = " ".join(answer_text.split()[:5])
+    assert first_words in words, f"{first_words!r} is not in the PDF: {words[:300]!r}"
+
+
+@pytest.fixture(scope="module")
+def alices_conversation(app: RunningApp) -> dict:
+    """Alice asks a question in the browser, exports the answer and rates it."""
+    app.create_password("add", ALICE[0], "--password-stdin", stdin=ALICE[1])
+    app.create_password("add", BOB[0], "--admin", "--password-stdin", stdin=BOB[1])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        alice_page = browser.new_page()
+        alice_page.goto(app.url)
+        sign_in(alice_page, *ALICE)
+        expect(alice_page.locator(ANSWER).first).to_have_text(WELCOME, timeout=60_000)
+        ask(alice_page, "Where does ragchat keep my documents?")
+        alice_page.get_by_role("button", name="Download PDF").click()
+        expect(alice_page.locator("a.inline-file")).to_have_count(1, timeout=30_000)
+        browser.close()
+    [thread] = stored_rows(app, "SELECT * FROM threads WHERE \"userIdentifier\" = 'alice'")
+    [answer] = stored_rows(
+        app,
+        'SELECT "id" FROM steps WHERE "threadId" = ? AND "output" LIKE \'%Sources:%\'',
+        thread["id"],
+    )
+    elements = history_rows(app, 'SELECT * FROM elements WHERE "threadId" = ?', thread["id"])
+    assert {e["name"] for e in elements} == {
+        "ragchat-user-guide.md",
+        "where-does-ragchat-keep-my-documents.pdf",
+    }
+    with signed_in(app, *ALICE) as alice:
+        rated = alice.put(
+            "/feedback",
+            json={"feedback": {"forId": answer["id"], "value": 1, "comment": "clear"}, "sessionId": "s"},
+        )
+        assert rated.status_code == 200, rated.text
+    return {"thread": thread["id"], "answer": answer["id"], "elements": elements,
+            "feedback": rated.json()["feedbackId"]}
+
+
+@contextmanager
+def signed_in(app: RunningApp, username: str, password: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=app.url, timeout=30) as client:
+        response = client.post("/login", data={"username": username, "password": password})
+        assert response.status_code == 200, response.text
+        yield client
+
+
+@pytest.fixture
+def alice(app: RunningApp) -> Iterator[httpx.Client]:
+    with signed_in(app, *ALICE) as client:
+        yield client
+
+
+@pytest.fixture
+def bob(app: RunningApp) -> Iterator[httpx.Client]:
+    with signed_in(app, *BOB) as client:  # an admin: no backdoor for them either
+        yield client
+
+
+def test_the_owner_reaches_her_thread_elements_and_files(alices_conversation, alice) -> None:
+    thread = alices_conversation["thread"]
+    listed = alice.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
+    assert [t["id"] for t in listed.json()["data"]] == [thread]
+    assert alice.get(f"/project/thread/{thread}").json()["userIdentifier"] == "alice"
+    for element in alices_conversation["elements"]:
+        assert alice.get(f"/project/thread/{thread}/element/{element['id']}").json()["name"] == (
+            element["name"]
+        )
+        assert alice.get(element["url"]).status_code == 200
+    pdf = next(e for e in alices_conversation["elements"] if e["name"].endswith(".pdf"))
+    assert alice.get(pdf["url"]).content.startswith(b"%PDF-")
+
+
+def test_another_user_gets_nothing_of_hers_whatever_the_ids(
+    app: RunningApp, alices_conversation, bob
+) -> None:
+    thread = alices_conversation["thread"]
+    listed = bob.post("/project/threads", json={"pagination": {"first": 20}, "filter": {}})
+    assert listed.status_code == 200 and listed.json()["data"] == []
+    assert bob.get(f"/project/thread/{thread}").status_code in (401, 404)
+    for element in alices_conversation["elements"]:
+        assert bob.get(f"/project/thread/{thread}/element/{element['id']}").status_code in (401, 404)
+        refused = bob.get(element["url"])
+        assert refused.status_code == 404 and b"%PDF" not in refused.content
+    assert bob.put("/project/thread", json={"threadId": thread, "name": "mine now"}).status_code in (
+        401, 404
+    )
+    deleted = bob.request("DELETE", "/project/thread", json={"threadId": thread})
+    assert deleted.status_code in (401, 404)
+    rated = bob.put(
+        "/feedback",
+        json={"feedback": {"forId": alices_conversation["answer"], "value": 0}, "sessionId": "s"},
+    )
+    assert rated.status_code == 404
+    overwritten = bob.put(
+        "/feedback",
+        json={"feedback": {"id": alices_conversation["feedback"], "forId": "x", "value": 0},
+              "sessionId": "s"},
+    )
+    assert overwritten.status_code == 404
+    unrated = bob.request("DELETE", "/feedback", json={"feedbackId": alices_conversation["feedback"]})
+    assert unrated.status_code == 404
+
+    # Everything of Alice's is as she left it.
+    [kept] = history_rows(app, 'SELECT * FROM threads WHERE "id" = ?', thread)
+    assert kept["name"] == "Where does ragchat keep my documents?"
+    [feedback] = history_rows(app, "SELECT * FROM feedbacks")
+    assert (feedback["value"], feedback["comment"]) == (1, "clear")
+
+
+def test_conversations_cannot_be_shared_with_anyone(app: RunningApp, alices_conversation, alice) -> None:
+    thread = alices_conversation["thread"]
+    shared = alice.put("/project/thread/share", json={"threadId": thread, "isShared": True})
+    assert shared.status_code == 404
+    assert httpx.get(f"{app.url}/project/share/{thread}").status_code == 404
+
+
+def test_opening_her_thread_in_the_browser_shows_another_user_nothing(
+    app: RunningApp, alices_conversation, browser_page: Page
+) -> None:
+    sign_in(browser_page, *BOB)
+    expect(browser_page.locator("#chat-input")).to_be_visible(timeout=60_000)
+    browser_page.goto(f"{app.url}/thread/{alices_conversation['thread']}")
+    expect(browser_page.locator("#chat-input")).to_be_visible(timeout=60_000)
+    browser_page.wait_for_timeout(3_000)
+    expect(browser_page.get_by_text("Where does ragchat keep my documents?")).to_have_count(0)
