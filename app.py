@@ -11,7 +11,7 @@ from chainlit.server import app as chainlit_server
 from chainlit.types import ThreadDict
 
 from ragchat.backends import QuestionRejected, Sources, Step, Token, group_by_label
-from ragchat.history import turns_from_thread
+from ragchat.history import exchanges, turns_from_thread
 from ragchat.ingest import UPLOAD_TYPES
 from ragchat.login import login, throttle_logins
 from ragchat.pdf import answer_pdf, pdf_file_name
@@ -77,6 +77,8 @@ async def resume_chat(thread: ThreadDict) -> None:
         chat.configure(top_k=int(saved.get("top_k", chat.top_k)), mode=saved.get("mode", chat.mode))
     cl.user_session.set("chat", chat)
     await send_settings_panel(chat)
+    for question, answer in exchanges(thread):  # Chainlit does not store actions
+        await pdf_action(question["output"]).send(for_id=answer["id"])
 
 
 async def send_settings_panel(chat) -> None:
@@ -177,10 +179,12 @@ async def answer(question: str) -> None:
             for label, group in groups.items()
         ]
         reply.content += "\n\nSources: " + ", ".join(groups)
-    reply.actions = [
-        cl.Action(name="download_pdf", payload={"question": question[:500]}, label="Download PDF")
-    ]
+    reply.actions = [pdf_action(question)]
     await reply.send()
+
+
+def pdf_action(question: str) -> cl.Action:
+    return cl.Action(name="download_pdf", payload={"question": question[:500]}, label="Download PDF")
 
 
 @cl.action_callback("download_pdf")

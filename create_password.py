@@ -17,14 +17,18 @@ import sys
 import click
 
 from ragchat.auth import AccountError, UserStore, generate_password, hash_password
-from ragchat.config import ConfigError, load_settings
+from ragchat.config import ConfigError, Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _store() -> UserStore:
-    try:
-        return UserStore(load_settings().db_path)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+    return UserStore(_settings().db_path)
 
 
 def _new_password(from_stdin: bool) -> tuple[str, bool]:
@@ -90,11 +94,21 @@ def enable(username: str) -> None:
     click.echo(f"Enabled {username}.")
 
 
-@cli.command(help="Delete an account.")
+@cli.command(help="Delete an account and its conversations.")
 @click.argument("username")
 def delete(username: str) -> None:
-    _run(_store().delete, username)
-    click.echo(f"Deleted {username}.")
+    from ragchat.history import HistorySchemaError, delete_conversations  # loads Chainlit
+
+    settings = _settings()
+    _run(UserStore(settings.db_path).delete, username)
+    try:
+        threads = delete_conversations(
+            settings.history_db_path, settings.history_files_dir, username
+        )
+    except HistorySchemaError as error:
+        raise click.ClickException(f"Deleted {username}, but not their conversations: {error}")
+    plural = "" if threads == 1 else "s"
+    click.echo(f"Deleted {username}" + (f" and {threads} conversation{plural}." if threads else "."))
 
 
 @cli.command(name="list", help="List the accounts.")

@@ -10,6 +10,8 @@ documented schema lacks. A database made from Chainlit's documentation is upgrad
 - a step's `modes` dict was bound as-is (chainlit#2750): JSON as well;
 - steps carry keys with no documented column, such as `autoCollapse` (chainlit#2832): the schema
   has them, and a key with no column is dropped with a warning instead of failing the write;
+- the creation of a step could overwrite its update (both are upserts, run as racing tasks):
+  step writes are kept in order;
 - SQL errors were swallowed into a warning: they are logged as errors naming the statement;
 - thread ids come from the browser and are pasted into one of the base layer's queries: a
   thread id that is not a UUID is refused before it is stored.
@@ -17,6 +19,7 @@ documented schema lacks. A database made from Chainlit's documentation is upgrad
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -31,6 +34,7 @@ import aiofiles
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.element import ElementDict
+from chainlit.step import StepDict
 from chainlit.types import Feedback, ThreadDict
 from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -133,6 +137,16 @@ def migrate(db_path: Path) -> int:
     """Create or upgrade the history schema; returns the version it was at before. Safe to run
     at every start and from several processes (each step is one transaction)."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _migrate(db_path)
+    except sqlite3.DatabaseError as error:
+        raise HistorySchemaError(
+            f"{db_path} cannot be read as a SQLite database ({error}); move it away to start "
+            "with an empty history, or restore a backup"
+        ) from None
+
+
+def _migrate(db_path: Path) -> int:
     with sqlite3.connect(db_path, timeout=30, isolation_level=None) as db:
         db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a streaming answer
         db.execute("BEGIN IMMEDIATE")
@@ -223,6 +237,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         migrate(db_path)
         self.columns = _columns(db_path)
         self.storage = LocalStorage(files_folder)
+        self._step_writes = asyncio.Lock()
         super().__init__(conninfo=f"sqlite+aiosqlite:///{db_path}", storage_provider=self.storage)
         event.listen(self.engine.sync_engine, "connect", _on_connect)
 
@@ -289,7 +304,11 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         for key in ("modes", "tags"):
             if isinstance(row.get(key), (dict, list)):
                 row[key] = json.dumps(row[key])
-        await super().create_step(row)  # type: ignore[arg-type]
+        # Chainlit starts the creation and the update of a step as two tasks, and both are
+        # upserts: unordered, the creation could land last and blank the step. The lock is
+        # taken before the first await, so writes land in the order the tasks were started.
+        async with self._step_writes:
+            await super().create_step(row)  # type: ignore[arg-type]
 
     async def owner_of_step(self, step_id: str) -> str | None:
         rows = await self.execute_sql(
@@ -348,18 +367,28 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         return path, name, mime
 
 
-def turns_from_thread(thread: ThreadDict) -> list[Turn]:
-    """The conversation of a stored thread, for a resumed chat's memory: each question and the
-    answer that followed it (the welcome message and error messages are not part of it)."""
-    turns: list[Turn] = []
+def exchanges(thread: ThreadDict) -> list[tuple[StepDict, StepDict]]:
+    """Each question of a stored thread with the answer that followed it. The welcome message,
+    error messages and later messages (such as a PDF export) answer no question."""
+    pairs: list[tuple[StepDict, StepDict]] = []
+    question: StepDict | None = None
     for step in sorted(thread.get("steps", []), key=lambda s: s.get("createdAt") or ""):
-        if step.get("isError"):
+        if step.get("isError") or not (step.get("output") or "").strip():
             continue
-        text_ = (step.get("output") or "").strip()
-        if step["type"] == "user_message" and text_:
-            turns.append(Turn("user", text_))
-        elif step["type"] == "assistant_message" and text_ and turns and turns[-1].role == "user":
-            turns.append(Turn("assistant", _without_sources_line(text_)))
+        if step["type"] == "user_message":
+            question = step
+        elif step["type"] == "assistant_message" and question is not None:
+            pairs.append((question, step))
+            question = None
+    return pairs
+
+
+def turns_from_thread(thread: ThreadDict) -> list[Turn]:
+    """The conversation of a stored thread, for a resumed chat's memory."""
+    turns: list[Turn] = []
+    for question, answer in exchanges(thread):
+        turns.append(Turn("user", question["output"].strip()))
+        turns.append(Turn("assistant", _without_sources_line(answer["output"].strip())))
     return turns
 
 
@@ -401,3 +430,31 @@ def _on_connect(connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def delete_conversations(db_path: Path, files_folder: Path, user_identifier: str) -> int:
+    """Delete everything a user left in the history: their threads with all steps, elements,
+    feedback and stored files. Returns how many threads went. For deleted accounts."""
+    if not db_path.exists():
+        return 0
+    migrate(db_path)
+    with sqlite3.connect(db_path, timeout=30) as db:
+        threads = [row[0] for row in db.execute(
+            'SELECT "id" FROM threads WHERE "userIdentifier" = ?', (user_identifier,)
+        )]
+        marks = ",".join("?" * len(threads))
+        keys = [row[0] for row in db.execute(
+            f'SELECT "objectKey" FROM elements WHERE "threadId" IN ({marks}) '
+            'AND "objectKey" IS NOT NULL', threads
+        )]
+        db.execute(
+            f'DELETE FROM feedbacks WHERE "threadId" IN ({marks}) OR "forId" IN '
+            f'(SELECT "id" FROM steps WHERE "threadId" IN ({marks}))', threads * 2
+        )
+        for table, column in (("elements", "threadId"), ("steps", "threadId"), ("threads", "id")):
+            db.execute(f'DELETE FROM {table} WHERE "{column}" IN ({marks})', threads)
+        db.execute('DELETE FROM users WHERE "identifier" = ?', (user_identifier,))
+    storage = LocalStorage(files_folder)
+    for key in keys:  # after the commit: a file without its row is only wasted space
+        storage.path_of(key).unlink(missing_ok=True)
+    return len(threads)

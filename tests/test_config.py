@@ -140,19 +140,46 @@ def test_app_refuses_to_start_with_one_clear_line(
     clean_env: Path, env: dict[str, str], expected: str
 ) -> None:
     """`chainlit run app.py` with a bad setting: exit code 1, the reason, no traceback."""
-    result = subprocess.run(
-        [sys.executable, "-m", "chainlit", "run", str(ROOT / "app.py"), "--headless"],
-        env={"PATH": "/usr/bin:/bin", "HOME": str(clean_env), **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = start_app(clean_env, env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ragchat cannot start: ")
     assert expected in last_line
+
+
+def start_app(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    database = folder / "database"
+    return subprocess.run(
+        [sys.executable, "-m", "chainlit", "run", str(ROOT / "app.py"), "--headless"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(folder),
+            "DB_PATH": str(database / "auth.db"),
+            "HISTORY_DB_PATH": str(database / "history.db"),
+            "HISTORY_FILES_DIR": str(database / "history-files"),
+            **env,
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_unreadable_history_stops_the_app_and_is_left_as_it_was(clean_env: Path) -> None:
+    history = clean_env / "database" / "history.db"
+    history.parent.mkdir()
+    history.write_bytes(b"this is not a database, but it may be someone's only copy" * 100)
+    before = history.read_bytes()
+    result = start_app(clean_env, {"RAG_BACKEND": "llama_index"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ragchat cannot start: {history} cannot be read as a SQLite database (file is not a "
+        "database); move it away to start with an empty history, or restore a backup"
+    )
+    assert history.read_bytes() == before
 
 
 def test_env_example_documents_every_setting_with_its_default(clean_env: Path) -> None:

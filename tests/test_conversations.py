@@ -3,6 +3,7 @@ answers downloaded as PDF, and nobody reaching another user's conversations over
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import time
@@ -65,6 +66,8 @@ def test_a_conversation_resumes_from_the_sidebar_and_keeps_its_context(
         ["How do I use OpenAI models?"], timeout=30_000
     )
     expect(page.locator(ANSWER).last).to_contain_text("Sources:")
+    # Chainlit does not store actions; the resumed answer gets its button again.
+    expect(page.get_by_role("button", name="Download PDF")).to_have_count(1)
 
     ask(page, "and which setting picks the embedding model?")
     # The follow-up was searched together with the question asked before the reload.
@@ -78,6 +81,36 @@ def test_a_conversation_resumes_from_the_sidebar_and_keeps_its_context(
     )
     assert "OPENAI_EMBED_MODEL" in retrieval["output"]
     expect(sources_of(page.locator(ANSWER).last)).to_have_text("ragchat-user-guide.md")
+
+
+def test_an_answer_is_rated_with_a_comment(app: RunningApp, page: Page) -> None:
+    ask(page, "Which models does ragchat use?")
+    answer = page.locator('[data-step-type="assistant_message"]').last
+    answer.locator("button:has(svg.lucide-thumbs-down)").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_placeholder("Your feedback...").fill("It left out the embedding model.")
+    dialog.get_by_role("button", name=re.compile("submit", re.IGNORECASE)).click()
+    [feedback] = stored_rows(
+        app, "SELECT * FROM feedbacks WHERE \"comment\" = 'It left out the embedding model.'"
+    )
+    assert feedback["value"] == 0
+    # Chainlit rates the run that produced the answer: the answer is that run's message.
+    [run] = history_rows(app, 'SELECT * FROM steps WHERE "id" = ?', feedback["forId"])
+    assert (run["type"], run["input"]) == ("run", "Which models does ragchat use?")
+    assert feedback["threadId"] == run["threadId"]
+    [answer_step] = history_rows(
+        app, 'SELECT * FROM steps WHERE "parentId" = ? AND "type" = ?', run["id"], "assistant_message"
+    )
+    assert "Sources:" in answer_step["output"]
+
+
+def test_a_thread_begun_with_a_starter_is_titled_by_its_question(page: Page) -> None:
+    page.get_by_role("button", name="How do I add my own documents?").click()
+    expect(page.locator(ANSWER).nth(1)).to_contain_text("Sources:", timeout=180_000)
+    page.reload()
+    expect(page.locator('li[id^="thread-"]').first).to_have_text(
+        "How do I add my own documents?", timeout=30_000
+    )
 
 
 def test_an_answer_downloads_as_a_pdf_with_its_text(page: Page, tmp_path: Path) -> None:
@@ -202,7 +235,9 @@ def test_another_user_gets_nothing_of_hers_whatever_the_ids(
     # Everything of Alice's is as she left it.
     [kept] = history_rows(app, 'SELECT * FROM threads WHERE "id" = ?', thread)
     assert kept["name"] == "Where does ragchat keep my documents?"
-    [feedback] = history_rows(app, "SELECT * FROM feedbacks")
+    [feedback] = history_rows(
+        app, 'SELECT * FROM feedbacks WHERE "id" = ?', alices_conversation["feedback"]
+    )
     assert (feedback["value"], feedback["comment"]) == (1, "clear")
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 import subprocess
 import sys
 from pathlib import Path
 
+import chainlit as cl
 import pytest
 from argon2 import PasswordHasher
 
@@ -85,6 +87,39 @@ def test_reset_disable_enable_delete_and_list(run, db_path: Path) -> None:
 
     assert run("delete", "bob").stdout == "Deleted bob.\n"
     assert run("list").stdout == "No accounts yet.\n"
+
+
+async def test_deleting_an_account_deletes_its_conversations_and_files(
+    run, tmp_path: Path
+) -> None:
+    from chainlit.context import init_http_context
+    from chainlit.user import User
+
+    from ragchat.history import HistoryDataLayer
+
+    init_http_context()
+    layer = HistoryDataLayer(tmp_path / "database" / "history.db", tmp_path / "database" / "history-files")
+    threads = {}
+    for name in ("bob", "carol"):
+        run("add", name, "--password-stdin", stdin=STRONG)
+        user = await layer.create_user(User(identifier=name))
+        threads[name] = str(uuid.uuid4())
+        await layer.update_thread(threads[name], name=f"{name}'s question", user_id=user.id)
+        step = str(uuid.uuid4())
+        await layer.create_step({"id": step, "threadId": threads[name], "name": name,
+                                 "type": "assistant_message", "output": "answer", "streaming": False})
+        await layer.create_element(cl.Text(name="source.md", content=f"{name}'s passage",
+                                           for_id=step, thread_id=threads[name]))
+    files = sorted((tmp_path / "database" / "history-files").rglob("*"))
+    assert len([f for f in files if f.is_file()]) == 2
+
+    assert run("delete", "bob").stdout == "Deleted bob and 1 conversation.\n"
+
+    assert await layer.get_thread(threads["bob"]) is None
+    assert (await layer.get_thread(threads["carol"]))["elements"][0]["name"] == "source.md"
+    left = [f for f in (tmp_path / "database" / "history-files").rglob("*") if f.is_file()]
+    assert [f.read_text() for f in left] == ["carol's passage"]
+    await layer.close()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ bugs, deletion, and the turns a resumed chat starts from."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import uuid
@@ -251,3 +252,23 @@ def test_object_keys_cannot_reach_outside_the_files_folder(tmp_path: Path) -> No
     storage = LocalStorage(tmp_path / "files")
     for key in ["../../etc/passwd", "/abs/path", "user/elem/..", "a\x00b"]:
         assert storage.path_of(key).resolve().is_relative_to((tmp_path / "files").resolve())
+
+
+async def test_a_step_updated_right_after_it_is_created_keeps_the_update(
+    layer: HistoryDataLayer,
+) -> None:
+    # Chainlit fires create_step and update_step as two tasks at once (a `with cl.Step()` that
+    # finishes quickly); both are upserts, so the creation could land last and blank the step.
+    ids = await conversation(layer)
+    steps = [str(uuid.uuid4()) for _ in range(20)]
+    tasks = []
+    for step_id in steps:
+        step = {"id": step_id, "threadId": ids["thread"], "name": "Retrieve", "type": "retrieval",
+                "streaming": False, "input": "", "output": ""}
+        tasks.append(asyncio.create_task(layer.create_step(dict(step))))
+        tasks.append(asyncio.create_task(layer.update_step({**step, "input": "q", "output": "a"})))
+    await asyncio.gather(*tasks)
+    db = Path(str(layer.engine.url.database))
+    placeholders = ",".join("?" * len(steps))
+    stored = rows(db, f'SELECT "input", "output" FROM steps WHERE "id" IN ({placeholders})', *steps)
+    assert stored == [("q", "a")] * len(steps)
