@@ -125,6 +125,7 @@ class Library:
         )
         self.store = LanceStore(connection=self._db, table_name=TABLE, mode="create")
         self._skipped: dict[str, tuple[_Stat, str]] = {}  # reported once per file version
+        self._vector_index_checked = False  # once per process, then after each change
 
     def index(self) -> VectorStoreIndex:
         return VectorStoreIndex.from_vector_store(self.store, embed_model=self.embed_model)
@@ -150,6 +151,9 @@ class Library:
             if not recorded or rebuild:
                 self._seed_sample_docs()
             self._sync(report, progress)
+            if report.changed_anything or not self._vector_index_checked:
+                self.store.keep_vector_index()
+                self._vector_index_checked = True
             if recorded != self._signature:  # not every few seconds on a shared mount
                 self._write_json("index.json", self._signature)
         report.seconds = time.monotonic() - started

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 import ragchat.ingest
+import ragchat.vector_store
 from ragchat.config import load_settings
 from ragchat.ingest import Library, add_upload, safe_file_name, store_upload
 from ragchat.models import build_embed_model
+from ragchat.vector_store import VECTOR_INDEX
 
 from . import files
 from .conftest import ROOT, environ_without_settings
@@ -308,3 +310,30 @@ def test_two_processes_syncing_at_once_do_not_corrupt_the_index(library: Library
     assert sorted(added_count(out) for out in outputs) == [0, 61]  # one waited for the other
     assert library.store.count() == 61
     assert files_in_index(library) == {"seed.md"} | {f"fact{i:03}.txt" for i in range(60)}
+
+
+def test_a_large_index_is_searched_through_a_vector_index_with_the_same_results(
+    library: Library, folders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, _ = folders
+    write_many(data, 80)
+    library.sync()
+    questions = ["the reference code of item 17", "item 42", "which fact is number 63?", "seed"]
+    scanned = [search(library, q, top_k=5) for q in questions]
+    assert library.store.table.index_stats(VECTOR_INDEX) is None  # small: a scan is enough
+
+    monkeypatch.setattr(ragchat.vector_store, "INDEX_MIN_ROWS", 50)
+    write_many(data, 2, start=80)  # a change, so the next sync runs
+    library.sync()
+    stats = library.store.table.index_stats(VECTOR_INDEX)
+    assert (stats.index_type, stats.num_indexed_rows, stats.num_unindexed_rows) == ("IVF_FLAT", 83, 0)
+    # Every partition is probed, so the index finds exactly what the scan found.
+    assert [search(library, q, top_k=5) for q in questions] == scanned
+
+    write_many(data, 3, start=82)  # a few more: searched too, without a rebuild
+    library.sync()
+    assert library.store.table.index_stats(VECTOR_INDEX).num_unindexed_rows == 3
+    assert search(library, "Fact number 84", top_k=1)[0][0] == "fact084.txt"
+    write_many(data, 10, start=85)  # more than REINDEX_SHARE: rebuilt
+    library.sync()
+    assert library.store.table.index_stats(VECTOR_INDEX).num_unindexed_rows == 0
