@@ -10,7 +10,15 @@ from chainlit.input_widget import Select, Slider
 from chainlit.server import app as chainlit_server
 from chainlit.types import ThreadDict
 
-from ragchat.backends import QuestionRejected, Sources, Step, Token, group_by_label
+from ragchat.backends import (
+    AnswerFailed,
+    Image,
+    QuestionRejected,
+    Sources,
+    Step,
+    Token,
+    group_by_label,
+)
 from ragchat.history import exchanges, turns_from_thread
 from ragchat.ingest import UPLOAD_TYPES
 from ragchat.login import login, throttle_logins
@@ -72,7 +80,8 @@ async def resume_chat(thread: ThreadDict) -> None:
     if current_account() is None:
         await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
         return
-    chat = ragchat.backend.new_chat(history=turns_from_thread(thread))
+    state = (thread.get("metadata") or {}).get("backend_state")
+    chat = ragchat.backend.new_chat(history=turns_from_thread(thread), state=state)
     if saved := cl.context.session.chat_settings:  # restored by Chainlit from the thread
         chat.configure(top_k=int(saved.get("top_k", chat.top_k)), mode=saved.get("mode", chat.mode))
     cl.user_session.set("chat", chat)
@@ -124,7 +133,8 @@ async def on_message(message: cl.Message) -> None:
 
 async def add_documents(files: list) -> None:
     account = current_account()
-    if account is None or not account.is_admin:
+    chat = cl.user_session.get("chat")
+    if account is None or chat is None or (chat.uploads_shared and not account.is_admin):
         names = ", ".join(file.name for file in files)
         await cl.ErrorMessage(
             content=f"Only administrators can add documents to the shared library, so {names} "
@@ -135,7 +145,7 @@ async def add_documents(files: list) -> None:
     async with cl.Step(name="Add documents", type="tool") as step:
         step.input = ", ".join(file.name for file in files)
         for file in files:
-            outcome = await asyncio.to_thread(ragchat.backend.add_upload, Path(file.path), file.name)
+            outcome = await asyncio.to_thread(chat.add_upload, Path(file.path), file.name)
             summaries.append(outcome.summary())
             step.output = "\n".join(summaries)
             await step.update()
@@ -149,6 +159,7 @@ async def answer(question: str) -> None:
         return
     reply = cl.Message(content="")
     sources = Sources(items=())
+    pictures: list[cl.Image] = []
     try:
         async for event in chat.ask(question):
             match event:
@@ -160,8 +171,17 @@ async def answer(question: str) -> None:
                         step.output = output
                 case Sources():
                     sources = event
+                case Image(name, url):
+                    pictures.append(cl.Image(name=name, url=url, display="inline"))
     except QuestionRejected as rejection:
         await cl.ErrorMessage(content=str(rejection)).send()
+        return
+    except AnswerFailed as failure:
+        if failure.partial:  # never silently cut: what arrived is kept, marked as incomplete
+            reply.content += f"\n\n*Incomplete answer: {failure}*"
+            await reply.send()
+        else:
+            await cl.ErrorMessage(content=str(failure)).send()
         return
     except Exception:
         log.exception("Answering %r failed", question[:200])
@@ -172,15 +192,19 @@ async def answer(question: str) -> None:
         await reply.send()
         return
     groups = group_by_label(sources.items)
+    # Chainlit links each side element from the message text that names it.
+    reply.elements = pictures + [
+        cl.Text(name=label, content="\n\n---\n\n".join(s.text for s in group), display="side")
+        for label, group in groups.items()
+    ]
     if groups:
-        # Chainlit links each element from the message text that names it.
-        reply.elements = [
-            cl.Text(name=label, content="\n\n---\n\n".join(s.text for s in group), display="side")
-            for label, group in groups.items()
-        ]
         reply.content += "\n\nSources: " + ", ".join(groups)
     reply.actions = [pdf_action(question)]
     await reply.send()
+    if chat.state:  # e.g. the hosted assistant's conversation: kept with the thread, for resume
+        await ragchat.history.update_thread(
+            cl.context.session.thread_id, metadata={"backend_state": chat.state}
+        )
 
 
 def pdf_action(question: str) -> cl.Action:

@@ -25,15 +25,23 @@ def ingest(rebuild: bool) -> None:
     logging.getLogger("ragchat").setLevel(logging.WARNING)  # the summary below says it all
     try:
         settings = load_settings()
-        if settings.rag_backend != "llama_index":
-            raise ConfigError("Invalid setting RAG_BACKEND='assistant': ingest indexes for llama_index only")
-        from ragchat.ingest import Library
-        from ragchat.models import build_embed_model
+        if settings.rag_backend == "assistant":  # DATA_DIR into the assistant's vector store
+            import openai
 
-        library = Library(settings, build_embed_model(settings))
+            from ragchat.backends.assistant import AssistantBackend, describe_failure
+
+            try:
+                knowledge = AssistantBackend.connect(settings)
+                report = knowledge.sync(rebuild=rebuild, progress=True)
+            except openai.OpenAIError as error:
+                raise click.ClickException(describe_failure(error, settings)) from None
+        else:
+            from ragchat.ingest import Library
+            from ragchat.models import build_embed_model
+
+            report = Library(settings, build_embed_model(settings)).sync(rebuild=rebuild, progress=True)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    report = library.sync(rebuild=rebuild, progress=True)
     click.echo(("Rebuilt the index. " if report.rebuilt else "") + f"{settings.data_dir}: " + report.summary())
 
 

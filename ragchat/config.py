@@ -52,6 +52,19 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4.1-mini"
     openai_embed_model: str = "text-embedding-3-small"
+    # Seconds an OpenAI request may take before the user is told so.
+    openai_timeout: float = Field(45.0, gt=0, le=600)
+
+    # The hosted assistant (RAG_BACKEND=assistant): OPENAI_MODEL with file_search over a
+    # vector store, created for the app and kept in sync with DATA_DIR unless one is named here.
+    openai_vector_store_id: str | None = None
+    assistant_instructions: str = (
+        "Answer questions using the files you can search, and cite them. When the files do "
+        "not hold the answer, say so instead of guessing."
+    )
+    # Let the assistant run Python in OpenAI's sandbox (charts, calculations); its code and
+    # output show as a step, its pictures in the answer.
+    assistant_code_interpreter: bool = False
 
     # Sampling for generation; the defaults keep a 135M model from looping.
     llm_temperature: float = Field(0.2, ge=0.0, le=2.0)
@@ -133,6 +146,11 @@ class Settings(BaseSettings):
                 f"answer of LLM_MAX_TOKENS ({self.llm_max_tokens}) need about "
                 f"{self.llm_context_window - self.prompt_room + 256}; raise LLM_CONTEXT_WINDOW "
                 "or lower the others"
+            )
+        if self.openai_api_key is None and self.rag_backend == "assistant":
+            raise ValueError(
+                "RAG_BACKEND=assistant needs OPENAI_API_KEY; set it, or use "
+                "RAG_BACKEND=llama_index for the local models"
             )
         if self.openai_api_key is None:
             for name in ("llm_provider", "embed_provider"):

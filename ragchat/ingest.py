@@ -164,7 +164,7 @@ class Library:
             # An unmounted or mistyped folder is not "every document was deleted".
             log.warning("%s is not a folder; the index is kept as it is", self.data_dir)
             return
-        on_disk = dict(_scan(self.data_dir))
+        on_disk = dict(scan_folder(self.data_dir))
         recorded = self._read_json("stats.json")
         stats = {name: _Stat(size, mtime_ns) for name, (size, mtime_ns, _) in recorded.items()}
         hashes = {name: sha for name, (_, _, sha) in recorded.items()}
@@ -315,7 +315,7 @@ class Library:
     def _seed_sample_docs(self) -> None:
         """On the very first build, give a newcomer something to ask about: the user guide."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if any(_scan(self.data_dir)):
+        if any(scan_folder(self.data_dir)):
             return
         for sample in SAMPLE_DOCS.glob("*.md"):
             shutil.copyfile(sample, self.data_dir / sample.name)
@@ -332,12 +332,15 @@ class UploadOutcome:
     chunks: int = 0
     duplicate: bool = False
     problem: str | None = None
+    conversation_only: bool = False  # searched in this conversation, not in the shared library
 
     def summary(self) -> str:
         if self.problem:
             return f"{self.original_name} was not added: {self.problem}."
         if self.duplicate:
             return f"{self.original_name} is already in the library, as {self.stored_as}."
+        if self.conversation_only:
+            return f"Added {self.stored_as} to this conversation; it can be asked about now."
         passages = "1 passage" if self.chunks == 1 else f"{self.chunks} passages"
         return f"Added {self.stored_as} ({passages}); it can be asked about now."
 
@@ -410,7 +413,7 @@ def refusal(suffix: str, size: int, limit_mb: int | None = None) -> str | None:
     return None
 
 
-def _scan(folder: Path) -> Iterator[tuple[str, _Stat]]:
+def scan_folder(folder: Path) -> Iterator[tuple[str, _Stat]]:
     """(path inside the folder, stat) of every file, hidden files and folders excepted."""
     if not folder.is_dir():
         return

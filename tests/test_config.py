@@ -132,7 +132,7 @@ def test_secret_is_never_echoed(clean_env: Path, monkeypatch) -> None:
     ("env", "expected"),
     [
         ({"RAG_BACKEND": "nope"}, "Invalid setting RAG_BACKEND='nope'"),
-        ({"RAG_BACKEND": "assistant"}, "the hosted assistant backend is not available"),
+        ({"RAG_BACKEND": "assistant"}, "RAG_BACKEND=assistant needs OPENAI_API_KEY; set it"),
         ({"TOP_K": "many"}, "Invalid setting TOP_K='many'"),
     ],
 )

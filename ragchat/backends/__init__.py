@@ -2,7 +2,8 @@
 `Chat` per conversation, and a stream of events per question.
 
 A backend turns a question into events, in order: `Step`s (work shown to the user, such as
-the passages retrieved), `Token`s (the answer as it is written) and, at the end, `Sources`.
+the passages retrieved), `Token`s (the answer as it is written), `Image`s it made, and at the
+end `Sources`.
 The UI renders them; it knows nothing about llama_index or OpenAI.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from ragchat.config import ConfigError, Settings
+from ragchat.config import Settings
 
 if TYPE_CHECKING:
     from ragchat.ingest import SyncReport, UploadOutcome
@@ -49,11 +50,28 @@ class Sources:
     items: tuple[Source, ...]
 
 
-Event = Token | Step | Sources
+@dataclass(frozen=True)
+class Image:
+    """A picture the backend made (the assistant's code interpreter draws charts)."""
+
+    name: str
+    url: str
+
+
+Event = Token | Step | Sources | Image
 
 
 class QuestionRejected(Exception):
     """The question cannot be answered as asked; the message says why and what to do."""
+
+
+class AnswerFailed(Exception):
+    """The answer could not be (fully) given; the message says why, for the user. `partial`:
+    some of the answer was already streamed, and it must be shown as incomplete."""
+
+    def __init__(self, message: str, partial: bool = False):
+        super().__init__(message)
+        self.partial = partial
 
 
 @dataclass(frozen=True)
@@ -65,30 +83,34 @@ class Turn:
 class Chat(Protocol):
     top_k: int
     mode: str
+    # True: an upload joins the library everyone searches (so only admins may add one);
+    # False: it belongs to this conversation alone.
+    uploads_shared: bool
+    # What a resumed chat needs besides its messages (JSON, kept with the conversation).
+    state: dict
 
     def ask(self, question: str) -> AsyncIterator[Event]: ...
 
     def configure(self, top_k: int, mode: str) -> None:
         """How many passages to retrieve, and how (vector, lexical or hybrid), from now on."""
 
+    def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
+        """Check, store and index a file uploaded in the chat."""
+
 
 class Backend(Protocol):
-    def new_chat(self, history: Sequence[Turn] = ()) -> Chat: ...
+    def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> Chat: ...
 
     def sync(self) -> SyncReport:
         """Bring the knowledge in step with DATA_DIR."""
-
-    def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
-        """Check, store and index a file uploaded in the chat."""
 
 
 def create_backend(settings: Settings) -> Backend:
     """Build the backend RAG_BACKEND names, loading its models and index once."""
     if settings.rag_backend == "assistant":
-        raise ConfigError(
-            "Invalid setting RAG_BACKEND='assistant': the hosted assistant backend is not "
-            "available in this version yet; use RAG_BACKEND=llama_index"
-        )
+        from ragchat.backends.assistant import AssistantBackend
+
+        return AssistantBackend.from_settings(settings)
     from ragchat.backends.llama_index import LlamaIndexBackend
 
     return LlamaIndexBackend.from_settings(settings)

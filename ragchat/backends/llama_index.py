@@ -125,7 +125,7 @@ class LlamaIndexBackend:
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         return add_upload(self.library, source, original_name)
 
-    def new_chat(self, history: Sequence[Turn] = ()) -> LlamaIndexChat:
+    def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> LlamaIndexChat:
         memory = Memory.from_defaults(
             chat_history=[ChatMessage(role=turn.role, content=turn.content) for turn in history],
             token_limit=self._settings.prompt_room,
@@ -151,6 +151,9 @@ class LlamaIndexBackend:
 
 
 class LlamaIndexChat:
+    uploads_shared = True  # an upload joins DATA_DIR and the shared index
+    state: dict = {}  # the memory is rebuilt from the stored messages
+
     def __init__(self, backend: LlamaIndexBackend, memory: Memory):
         self._backend = backend
         self._memory = memory
@@ -160,6 +163,9 @@ class LlamaIndexChat:
     def configure(self, top_k: int, mode: Mode) -> None:
         """Retrieve differently from the next question on (the chat settings panel)."""
         self.top_k, self.mode = top_k, mode
+
+    def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
+        return self._backend.add_upload(source, original_name)
 
     async def ask(self, question: str) -> AsyncIterator[Event]:
         if not question.strip():
