@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from ragchat.backends import (
     AnswerFailed,
@@ -22,7 +23,7 @@ from ragchat.backends import (
     create_backend,
 )
 from ragchat.backends.assistant import AssistantBackend
-from ragchat.config import load_settings
+from ragchat.config import ConfigError, load_settings
 
 from .assistant_server import CODE, NOTHING_FOUND, AssistantServer, Failure
 from .conftest import ROOT, environ_without_settings
@@ -283,3 +284,21 @@ def test_the_ingest_command_syncs_the_vector_store(server: AssistantServer, data
     assert failed.stderr.strip().splitlines()[-1].startswith(
         "Error: The assistant could not be reached at http://127.0.0.1:"
     )
+
+
+def test_the_watcher_calls_the_api_only_when_the_folder_changed(
+    server: AssistantServer, backend: AssistantBackend, data: Path
+) -> None:
+    before = len(server.requests)
+    for _ in range(3):
+        assert not backend.sync().changed_anything
+    assert len(server.requests) == before
+    (data / "owls.txt").write_text("Owls turn their heads 270 degrees.")
+    assert backend.sync().added == ["owls.txt"]
+
+
+def test_a_wrong_key_stops_the_app_at_start_with_one_line(server: AssistantServer, data: Path) -> None:
+    settings = settings_for(server, data).model_copy(update={"openai_api_key": SecretStr("sk-wrong")})
+    with pytest.raises(ConfigError, match="^the assistant backend could not start: The assistant "
+                                          "refused this server's API key"):
+        create_backend(settings)

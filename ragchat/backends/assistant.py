@@ -31,7 +31,7 @@ from ragchat.backends import (
     Token,
     Turn,
 )
-from ragchat.config import Settings
+from ragchat.config import ConfigError, Settings
 from ragchat.ingest import SyncReport, UploadOutcome, refusal, safe_file_name, scan_folder
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,18 @@ class AssistantBackend:
         self.aclient = aclient
         self.store_id = store_id
         self._hashes: dict = {}  # path -> (stat, sha256), so unchanged files are not read again
+        self._synced: dict = {}  # DATA_DIR as it was at the last complete sync
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AssistantBackend:
-        backend = cls.connect(settings)
+        try:
+            backend = cls.connect(settings)
+            report = backend.sync(progress=True)
+        except openai.OpenAIError as error:
+            raise ConfigError(f"the assistant backend could not start: {describe_failure(error, settings)}") from None
         log.info("Assistant: %s with file_search over vector store %s", settings.openai_model,
                  backend.store_id)
-        log.info("Documents in %s: %s", settings.data_dir, backend.sync(progress=True).summary())
+        log.info("Documents in %s: %s", settings.data_dir, report.summary())
         return backend
 
     @classmethod
@@ -76,16 +81,18 @@ class AssistantBackend:
         (`rebuild`: upload every file again)."""
         started = time.monotonic()
         report = SyncReport()
-        ours = {}  # path -> (file id, sha256) of the files this app put in the store
-        for item in self.client.vector_stores.files.list(self.store_id):
-            attributes = item.attributes or {}
-            if "ragchat_path" in attributes:
-                ours[str(attributes["ragchat_path"])] = (item.id, attributes.get("ragchat_sha256"))
         if not self.settings.data_dir.is_dir():
             # An unmounted or mistyped folder is not "every document was deleted".
             log.warning("%s is not a folder; the vector store is kept as it is", self.settings.data_dir)
             return report
         on_disk = dict(scan_folder(self.settings.data_dir))
+        if on_disk == self._synced and not rebuild:
+            return report  # the watcher's common case: no API call while nothing changed
+        ours = {}  # path -> (file id, sha256) of the files this app put in the store
+        for item in self.client.vector_stores.files.list(self.store_id):
+            attributes = item.attributes or {}
+            if "ragchat_path" in attributes:
+                ours[str(attributes["ragchat_path"])] = (item.id, attributes.get("ragchat_sha256"))
         for name in sorted(set(ours) - set(on_disk)):
             self._remove(ours[name][0])
             report.removed.append(name)
@@ -101,10 +108,16 @@ class AssistantBackend:
             if rebuild or ours.get(name, (None, None))[1] != sha:
                 pending.append((name, path, sha))
         for name, path, sha in tqdm(pending, desc="Uploading files", unit="file", disable=not progress):
-            self._upload(self.store_id, path, name, sha)
+            try:
+                self._upload(self.store_id, path, name, sha)
+            except openai.BadRequestError as refused:  # this file only; the others go on
+                report.skipped[name] = f"the assistant refused it: {refused.message}"
+                log.warning("Skipped %s: %s", name, report.skipped[name])
+                continue
             if name in ours:
                 self._remove(ours[name][0])
             (report.changed if name in ours else report.added).append(name)
+        self._synced = on_disk  # a refused file is tried again once it changes
         report.seconds = time.monotonic() - started
         report.rebuilt = rebuild
         return report
