@@ -118,7 +118,8 @@ def test_an_answer_downloads_as_a_pdf_with_its_text(page: Page, tmp_path: Path) 
     answer_text = page.locator(ANSWER).last.inner_text()
     page.get_by_role("button", name="Download PDF").last.click()
     link = page.locator("a.inline-file").filter(has_text="which-file-types-are-supported.pdf")
-    with page.expect_download() as download:
+    expect(link).to_be_visible(timeout=60_000)
+    with page.expect_download(timeout=60_000) as download:
         link.click()
     saved = tmp_path / "answer.pdf"
     download.value.save_as(saved)

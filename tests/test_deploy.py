@@ -113,9 +113,10 @@ def page(deployed) -> Iterator[Page]:
 
 
 def ask(page: Page, question: str):
+    before = page.locator(ANSWER).count()  # .last would still be the previous answer
     page.locator("#chat-input").fill(question)
     page.keyboard.press("Enter")
-    answer = page.locator(ANSWER).last
+    answer = page.locator(ANSWER).nth(before)
     expect(answer).to_contain_text("Sources:", timeout=180_000)
     return answer
 
