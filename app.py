@@ -29,7 +29,11 @@ from ragchat.startup import keep_in_sync, start
 ragchat = start()
 chainlit_config.ui.name = ragchat.settings.bot_name
 uploads = chainlit_config.features.spontaneous_file_upload
-uploads.enabled, uploads.accept, uploads.max_size_mb = True, UPLOAD_TYPES, ragchat.settings.upload_max_mb
+uploads.enabled, uploads.accept, uploads.max_size_mb = (
+    True,
+    UPLOAD_TYPES,
+    ragchat.settings.upload_max_mb,
+)
 throttle_logins(chainlit_server)
 add_history_routes(chainlit_server, ragchat.history, prefix=chainlit_config.run.root_path)
 log = logging.getLogger("ragchat.app")
@@ -96,10 +100,16 @@ async def send_settings_panel(chat) -> None:
             Select(
                 id="mode",
                 label="Search the documents by",
-                items={"meaning and words (hybrid)": "hybrid", "meaning": "vector", "words": "lexical"},
+                items={
+                    "meaning and words (hybrid)": "hybrid",
+                    "meaning": "vector",
+                    "words": "lexical",
+                },
                 initial_value=chat.mode,
             ),
-            Slider(id="top_k", label="Passages per answer", initial=chat.top_k, min=1, max=12, step=1),
+            Slider(
+                id="top_k", label="Passages per answer", initial=chat.top_k, min=1, max=12, step=1
+            ),
         ]
     ).send()
 
@@ -208,7 +218,9 @@ async def answer(question: str) -> None:
 
 
 def pdf_action(question: str) -> cl.Action:
-    return cl.Action(name="download_pdf", payload={"question": question[:500]}, label="Download PDF")
+    return cl.Action(
+        name="download_pdf", payload={"question": question[:500]}, label="Download PDF"
+    )
 
 
 @cl.action_callback("download_pdf")
@@ -218,11 +230,17 @@ async def download_pdf(action: cl.Action) -> None:
     step = await ragchat.history.get_step(action.forId)
     owner = await ragchat.history.owner_of_step(action.forId)
     if step is None or owner != cl.user_session.get("user").identifier:
-        await cl.ErrorMessage(content="That answer is not in your conversations, so it cannot be exported.").send()
+        await cl.ErrorMessage(
+            content="That answer is not in your conversations, so it cannot be exported."
+        ).send()
         return
     question = str(action.payload.get("question", ""))
     pdf = answer_pdf(question, step["output"], ragchat.settings.bot_name)
     await cl.Message(
         content="The answer as a PDF:",
-        elements=[cl.File(name=pdf_file_name(question), content=pdf, mime="application/pdf", display="inline")],
+        elements=[
+            cl.File(
+                name=pdf_file_name(question), content=pdf, mime="application/pdf", display="inline"
+            )
+        ],
     ).send()

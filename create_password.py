@@ -106,9 +106,13 @@ def delete(username: str) -> None:
             settings.history_db_path, settings.history_files_dir, username
         )
     except HistorySchemaError as error:
-        raise click.ClickException(f"Deleted {username}, but not their conversations: {error}")
+        raise click.ClickException(
+            f"Deleted {username}, but not their conversations: {error}"
+        ) from None
     plural = "" if threads == 1 else "s"
-    click.echo(f"Deleted {username}" + (f" and {threads} conversation{plural}." if threads else "."))
+    click.echo(
+        f"Deleted {username}" + (f" and {threads} conversation{plural}." if threads else ".")
+    )
 
 
 @cli.command(name="list", help="List the accounts.")

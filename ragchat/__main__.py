@@ -39,18 +39,33 @@ def ingest(rebuild: bool) -> None:
             from ragchat.ingest import Library
             from ragchat.models import build_embed_model
 
-            report = Library(settings, build_embed_model(settings)).sync(rebuild=rebuild, progress=True)
+            report = Library(settings, build_embed_model(settings)).sync(
+                rebuild=rebuild, progress=True
+            )
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(("Rebuilt the index. " if report.rebuilt else "") + f"{settings.data_dir}: " + report.summary())
+    click.echo(
+        ("Rebuilt the index. " if report.rebuilt else "")
+        + f"{settings.data_dir}: "
+        + report.summary()
+    )
 
 
 @cli.command(name="eval")
-@click.option("--docs", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
-@click.option("--qrels", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
-@click.option("--storage", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the index in this folder, to measure other modes on it.")
+@click.option(
+    "--docs", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
+)
+@click.option(
+    "--queries", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True
+)
+@click.option(
+    "--qrels", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True
+)
+@click.option(
+    "--storage",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the index in this folder, to measure other modes on it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate_retrieval(
     docs: Path, queries: Path, qrels: Path, storage: Path | None, as_json: bool

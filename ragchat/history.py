@@ -349,10 +349,13 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         row = rows[0]
         row["props"] = _json(row.get("props"), {})
         row["playerConfig"] = _json(row.get("playerConfig"), None)
-        return ElementDict(**{key: row.get(key) for key in ElementDict.__annotations__ if key != "path"})
+        return ElementDict(
+            **{key: row.get(key) for key in ElementDict.__annotations__ if key != "path"}
+        )
 
-
-    async def owned_file(self, object_key: str, user_identifier: str) -> tuple[Path, str, str] | None:
+    async def owned_file(
+        self, object_key: str, user_identifier: str
+    ) -> tuple[Path, str, str] | None:
         """The file, name and type of an element of one of this user's threads, else None."""
         rows = await self.execute_sql(
             'SELECT e."name", e."mime" FROM elements e JOIN threads t ON t."id" = e."threadId" '
@@ -439,17 +442,25 @@ def delete_conversations(db_path: Path, files_folder: Path, user_identifier: str
         return 0
     migrate(db_path)
     with sqlite3.connect(db_path, timeout=30) as db:
-        threads = [row[0] for row in db.execute(
-            'SELECT "id" FROM threads WHERE "userIdentifier" = ?', (user_identifier,)
-        )]
+        threads = [
+            row[0]
+            for row in db.execute(
+                'SELECT "id" FROM threads WHERE "userIdentifier" = ?', (user_identifier,)
+            )
+        ]
         marks = ",".join("?" * len(threads))
-        keys = [row[0] for row in db.execute(
-            f'SELECT "objectKey" FROM elements WHERE "threadId" IN ({marks}) '
-            'AND "objectKey" IS NOT NULL', threads
-        )]
+        keys = [
+            row[0]
+            for row in db.execute(
+                f'SELECT "objectKey" FROM elements WHERE "threadId" IN ({marks}) '
+                'AND "objectKey" IS NOT NULL',
+                threads,
+            )
+        ]
         db.execute(
             f'DELETE FROM feedbacks WHERE "threadId" IN ({marks}) OR "forId" IN '
-            f'(SELECT "id" FROM steps WHERE "threadId" IN ({marks}))', threads * 2
+            f'(SELECT "id" FROM steps WHERE "threadId" IN ({marks}))',
+            threads * 2,
         )
         for table, column in (("elements", "threadId"), ("steps", "threadId"), ("threads", "id")):
             db.execute(f'DELETE FROM {table} WHERE "{column}" IN ({marks})', threads)

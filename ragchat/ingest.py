@@ -40,8 +40,8 @@ from llama_index.readers.file import HTMLTagReader
 from tqdm import tqdm
 
 from ragchat.config import Settings
-from ragchat.vector_store import LanceStore
 from ragchat.models import build_tokenizer, embed_name
+from ragchat.vector_store import LanceStore
 
 log = logging.getLogger(__name__)
 

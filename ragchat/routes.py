@@ -39,7 +39,8 @@ def add_history_routes(app: FastAPI, layer: HistoryDataLayer, prefix: str = "") 
     ):
         feedback = update.feedback
         if await layer.owner_of_step(feedback.forId) != current_user.identifier or (
-            feedback.id and await layer.owner_of_feedback(feedback.id) not in (None, current_user.identifier)
+            feedback.id
+            and await layer.owner_of_feedback(feedback.id) not in (None, current_user.identifier)
         ):
             raise HTTPException(status_code=404, detail=NOT_FOUND)
         return await chainlit_server.update_feedback(request, update, current_user)

@@ -7,10 +7,10 @@ import math
 from typing import Any
 
 import numpy as np
+from lancedb.index import IvfFlat
 from llama_index.core.schema import BaseNode
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
-from lancedb.index import IvfFlat
 from llama_index.vector_stores.lancedb import LanceDBVectorStore
 
 _EMPTY = VectorStoreQueryResult(nodes=[], similarities=[], ids=[])

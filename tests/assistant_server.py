@@ -38,9 +38,7 @@ from openai.types.vector_stores import VectorStoreFile, VectorStoreFileDeleted
 NOTHING_FOUND = "The files hold nothing about that."
 CODE = "print(6 * 7)"
 # A 1x1 PNG, as the code interpreter's picture.
-PIXEL = (
-    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
+PIXEL = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
 @dataclass
@@ -144,7 +142,9 @@ class AssistantServer:
                 failure = server.failures.pop(0) if server.failures else Failure()
                 time.sleep(failure.delay)
                 if failure.status:
-                    return self._error(failure.status, f"Failed with {failure.status}.", failure.headers)
+                    return self._error(
+                        failure.status, f"Failed with {failure.status}.", failure.headers
+                    )
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
@@ -154,7 +154,9 @@ class AssistantServer:
                         self.wfile.flush()
                         self.connection.shutdown(2)  # the connection breaks mid-answer
                         return
-                    self.wfile.write(f"event: {event.type}\ndata: {event.model_dump_json()}\n\n".encode())
+                    self.wfile.write(
+                        f"event: {event.type}\ndata: {event.model_dump_json()}\n\n".encode()
+                    )
                     self.wfile.flush()
                 self.close_connection = True
 
@@ -166,12 +168,22 @@ class AssistantServer:
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             f"Content-Type: {headers['Content-Type']}\r\n\r\n".encode() + body
         )
-        part = next(p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "file")
+        part = next(
+            p
+            for p in message.iter_parts()
+            if p.get_param("name", header="content-disposition") == "file"
+        )
         file_id = self.new_id("file")
         self.files[file_id] = (part.get_filename(), part.get_payload(decode=True))
-        return FileObject(id=file_id, bytes=len(self.files[file_id][1]), created_at=0,
-                          filename=part.get_filename(), object="file", purpose="assistants",
-                          status="processed")
+        return FileObject(
+            id=file_id,
+            bytes=len(self.files[file_id][1]),
+            created_at=0,
+            filename=part.get_filename(),
+            object="file",
+            purpose="assistants",
+            status="processed",
+        )
 
     def delete_file(self, file_id: str, **_: object) -> FileDeleted:
         del self.files[file_id]
@@ -184,15 +196,32 @@ class AssistantServer:
 
     def get_store(self, store_id: str, **_: object) -> VectorStore:
         count = len(self.stores[store_id])
-        return VectorStore(id=store_id, created_at=0, name="ragchat", object="vector_store",
-                           status="completed", usage_bytes=0,
-                           file_counts={"cancelled": 0, "completed": count, "failed": 0,
-                                        "in_progress": 0, "total": count})
+        return VectorStore(
+            id=store_id,
+            created_at=0,
+            name="ragchat",
+            object="vector_store",
+            status="completed",
+            usage_bytes=0,
+            file_counts={
+                "cancelled": 0,
+                "completed": count,
+                "failed": 0,
+                "in_progress": 0,
+                "total": count,
+            },
+        )
 
     def _store_file(self, store_id: str, file_id: str) -> VectorStoreFile:
-        return VectorStoreFile(id=file_id, created_at=0, object="vector_store.file",
-                               status="completed", usage_bytes=len(self.files[file_id][1]),
-                               vector_store_id=store_id, attributes=self.stores[store_id][file_id])
+        return VectorStoreFile(
+            id=file_id,
+            created_at=0,
+            object="vector_store.file",
+            status="completed",
+            usage_bytes=len(self.files[file_id][1]),
+            vector_store_id=store_id,
+            attributes=self.stores[store_id][file_id],
+        )
 
     def list_store_files(self, store_id: str, **_: object):
         from openai.pagination import SyncCursorPage
@@ -228,73 +257,159 @@ class AssistantServer:
     def answer(self, request: dict):
         response_id = self.new_id("resp")
         self.responses[response_id] = request
-        question = request["input"] if isinstance(request["input"], str) else request["input"][-1]["content"]
-        store_ids = [s for tool in request.get("tools", []) if tool["type"] == "file_search"
-                     for s in tool["vector_store_ids"]]
+        question = (
+            request["input"]
+            if isinstance(request["input"], str)
+            else request["input"][-1]["content"]
+        )
+        store_ids = [
+            s
+            for tool in request.get("tools", [])
+            if tool["type"] == "file_search"
+            for s in tool["vector_store_ids"]
+        ]
         hits = self.search(store_ids, question)
         call = ResponseFileSearchToolCall(
-            id=self.new_id("fs"), queries=[question], status="completed", type="file_search_call",
-            results=[{"file_id": f, "filename": n, "text": t, "score": s, "attributes": {}}
-                     for f, n, t, s in hits],
+            id=self.new_id("fs"),
+            queries=[question],
+            status="completed",
+            type="file_search_call",
+            results=[
+                {"file_id": f, "filename": n, "text": t, "score": s, "attributes": {}}
+                for f, n, t, s in hits
+            ],
         )
         runs_code = any(tool["type"] == "code_interpreter" for tool in request.get("tools", []))
-        code_call = ResponseCodeInterpreterToolCall(
-            id=self.new_id("ci"), type="code_interpreter_call", status="completed",
-            container_id="cntr_1", code=CODE,
-            outputs=[{"type": "logs", "logs": "42\n"}, {"type": "image", "url": PIXEL}],
-        ) if runs_code and "compute" in question.lower() else None
+        code_call = (
+            ResponseCodeInterpreterToolCall(
+                id=self.new_id("ci"),
+                type="code_interpreter_call",
+                status="completed",
+                container_id="cntr_1",
+                code=CODE,
+                outputs=[{"type": "logs", "logs": "42\n"}, {"type": "image", "url": PIXEL}],
+            )
+            if runs_code and "compute" in question.lower()
+            else None
+        )
         if hits:
             text = f"From {hits[0][1]}: {hits[0][2].splitlines()[0]}"
-            annotations = [{"type": "file_citation", "file_id": hits[0][0], "filename": hits[0][1],
-                            "index": len(text)}]
+            annotations = [
+                {
+                    "type": "file_citation",
+                    "file_id": hits[0][0],
+                    "filename": hits[0][1],
+                    "index": len(text),
+                }
+            ]
         else:
             text, annotations = NOTHING_FOUND, []
         message_id = self.new_id("msg")
         done_message = ResponseOutputMessage(
-            id=message_id, role="assistant", status="completed", type="message",
+            id=message_id,
+            role="assistant",
+            status="completed",
+            type="message",
             content=[ResponseOutputText(type="output_text", text=text, annotations=annotations)],
         )
 
         def response(status: str, output: list) -> Response:
-            return Response(id=response_id, created_at=time.time(), model=request["model"],
-                            object="response", output=output, parallel_tool_calls=True,
-                            tool_choice="auto", tools=request.get("tools", []), status=status,
-                            previous_response_id=request.get("previous_response_id"))
+            return Response(
+                id=response_id,
+                created_at=time.time(),
+                model=request["model"],
+                object="response",
+                output=output,
+                parallel_tool_calls=True,
+                tool_choice="auto",
+                tools=request.get("tools", []),
+                status=status,
+                previous_response_id=request.get("previous_response_id"),
+            )
 
         sequence = itertools.count()
-        yield ResponseCreatedEvent(type="response.created", sequence_number=next(sequence),
-                                   response=response("in_progress", []))
+        yield ResponseCreatedEvent(
+            type="response.created",
+            sequence_number=next(sequence),
+            response=response("in_progress", []),
+        )
         yield ResponseFileSearchCallSearchingEvent(
-            type="response.file_search_call.searching", item_id=call.id, output_index=0,
-            sequence_number=next(sequence))
+            type="response.file_search_call.searching",
+            item_id=call.id,
+            output_index=0,
+            sequence_number=next(sequence),
+        )
         yield ResponseFileSearchCallCompletedEvent(
-            type="response.file_search_call.completed", item_id=call.id, output_index=0,
-            sequence_number=next(sequence))
-        yield ResponseOutputItemDoneEvent(type="response.output_item.done", item=call,
-                                          output_index=0, sequence_number=next(sequence))
+            type="response.file_search_call.completed",
+            item_id=call.id,
+            output_index=0,
+            sequence_number=next(sequence),
+        )
+        yield ResponseOutputItemDoneEvent(
+            type="response.output_item.done",
+            item=call,
+            output_index=0,
+            sequence_number=next(sequence),
+        )
         if code_call:
             yield ResponseCodeInterpreterCallCodeDeltaEvent(
-                type="response.code_interpreter_call_code.delta", item_id=code_call.id,
-                output_index=0, delta=CODE, sequence_number=next(sequence))
-            yield ResponseOutputItemDoneEvent(type="response.output_item.done", item=code_call,
-                                              output_index=0, sequence_number=next(sequence))
+                type="response.code_interpreter_call_code.delta",
+                item_id=code_call.id,
+                output_index=0,
+                delta=CODE,
+                sequence_number=next(sequence),
+            )
+            yield ResponseOutputItemDoneEvent(
+                type="response.output_item.done",
+                item=code_call,
+                output_index=0,
+                sequence_number=next(sequence),
+            )
         yield ResponseOutputItemAddedEvent(
-            type="response.output_item.added", output_index=1, sequence_number=next(sequence),
-            item=ResponseOutputMessage(id=message_id, role="assistant", status="in_progress",
-                                       type="message", content=[]))
+            type="response.output_item.added",
+            output_index=1,
+            sequence_number=next(sequence),
+            item=ResponseOutputMessage(
+                id=message_id, role="assistant", status="in_progress", type="message", content=[]
+            ),
+        )
         for piece in re.findall(r"\S+\s*", text):
             yield ResponseTextDeltaEvent(
-                type="response.output_text.delta", item_id=message_id, output_index=1,
-                content_index=0, delta=piece, logprobs=[], sequence_number=next(sequence))
+                type="response.output_text.delta",
+                item_id=message_id,
+                output_index=1,
+                content_index=0,
+                delta=piece,
+                logprobs=[],
+                sequence_number=next(sequence),
+            )
         for number, annotation in enumerate(annotations):
             yield ResponseOutputTextAnnotationAddedEvent(
-                type="response.output_text.annotation.added", item_id=message_id,
-                output_index=1, content_index=0, annotation_index=number, annotation=annotation,
-                sequence_number=next(sequence))
-        yield ResponseTextDoneEvent(type="response.output_text.done", item_id=message_id,
-                                    output_index=1, content_index=0, text=text, logprobs=[],
-                                    sequence_number=next(sequence))
-        yield ResponseOutputItemDoneEvent(type="response.output_item.done", item=done_message,
-                                          output_index=1, sequence_number=next(sequence))
-        yield ResponseCompletedEvent(type="response.completed", sequence_number=next(sequence),
-                                     response=response("completed", [call, done_message]))
+                type="response.output_text.annotation.added",
+                item_id=message_id,
+                output_index=1,
+                content_index=0,
+                annotation_index=number,
+                annotation=annotation,
+                sequence_number=next(sequence),
+            )
+        yield ResponseTextDoneEvent(
+            type="response.output_text.done",
+            item_id=message_id,
+            output_index=1,
+            content_index=0,
+            text=text,
+            logprobs=[],
+            sequence_number=next(sequence),
+        )
+        yield ResponseOutputItemDoneEvent(
+            type="response.output_item.done",
+            item=done_message,
+            output_index=1,
+            sequence_number=next(sequence),
+        )
+        yield ResponseCompletedEvent(
+            type="response.completed",
+            sequence_number=next(sequence),
+            response=response("completed", [call, done_message]),
+        )

@@ -50,8 +50,12 @@ def data(clean_env: Path) -> Path:
 
 def settings_for(server: AssistantServer, data: Path, **overrides):
     return load_settings(
-        _env_file=None, rag_backend="assistant", openai_api_key="sk-test",
-        openai_base_url=server.base_url, data_dir=data, storage_dir=data.parent / "storage",
+        _env_file=None,
+        rag_backend="assistant",
+        openai_api_key="sk-test",
+        openai_base_url=server.base_url,
+        data_dir=data,
+        storage_dir=data.parent / "storage",
         **overrides,
     )
 
@@ -90,7 +94,11 @@ def test_the_documents_are_synced_into_a_vector_store_by_content(
     (data / "owls.txt").write_text("Owls turn their heads 270 degrees.")
     (data / "empty.txt").write_text("")
     report = again.sync()
-    assert (report.added, report.changed, report.removed) == (["owls.txt"], ["otters.md"], ["birds/herons.txt"])
+    assert (report.added, report.changed, report.removed) == (
+        ["owls.txt"],
+        ["otters.md"],
+        ["birds/herons.txt"],
+    )
     assert report.skipped == {"empty.txt": "the file is empty"}
     assert sorted(server.store_files(backend.store_id)) == ["otters.md", "owls.txt"]
     assert "densest fur" in server.store_files(backend.store_id)["otters.md"]
@@ -104,7 +112,9 @@ def test_a_store_named_by_id_keeps_the_files_others_put_there(
 
     client = OpenAI(api_key="sk-test", base_url=server.base_url)
     store = client.vector_stores.create(name="team knowledge")
-    theirs = client.files.create(file=("handbook.txt", b"Fridays are for demos."), purpose="assistants")
+    theirs = client.files.create(
+        file=("handbook.txt", b"Fridays are for demos."), purpose="assistants"
+    )
     client.vector_stores.files.create(store.id, file_id=theirs.id)
 
     backend = create_backend(settings_for(server, data, openai_vector_store_id=store.id))
@@ -138,8 +148,9 @@ async def test_a_two_turn_conversation_streams_cites_and_continues(
     # A resumed chat continues the same conversation from the state stored with the thread.
     resumed = backend.new_chat(state=dict(chat.state))
     await collect(resumed, "And herons?")
-    assert server.responses[resumed.state["previous_response_id"]]["previous_response_id"] == (
-        chat.state["previous_response_id"]
+    assert (
+        server.responses[resumed.state["previous_response_id"]]["previous_response_id"]
+        == (chat.state["previous_response_id"])
     )
 
 
@@ -171,7 +182,10 @@ async def test_an_upload_is_searched_in_its_conversation_only(
     mine, theirs = backend.new_chat(), backend.new_chat()
 
     outcome = mine.add_upload(upload, "../wombat facts.md")
-    assert outcome.summary() == "Added wombat facts.md to this conversation; it can be asked about now."
+    assert (
+        outcome.summary()
+        == "Added wombat facts.md to this conversation; it can be asked about now."
+    )
     events = await collect(mine, "What shape are wombat droppings?")
     assert [s.file_name for s in events[-1].items] == ["wombat facts.md"]
 
@@ -189,12 +203,20 @@ async def test_an_upload_is_searched_in_its_conversation_only(
     ("failures", "expected"),
     [
         ([Failure(delay=3)] * 3, "The assistant did not answer within 2 s. Try again in a moment."),
-        ([Failure(status=401)], "The assistant refused this server's API key. This is not "
-                                "something you did: ask the administrator to check OPENAI_API_KEY."),
-        ([Failure(status=429, headers={"retry-after": "1"})] * 3,
-         "The assistant is busy right now (rate limited). Try again in 1 s."),
-        ([Failure(status=500)] * 3, "The assistant answered with an error (500). Try again; if it "
-                                    "keeps happening, tell the administrator."),
+        (
+            [Failure(status=401)],
+            "The assistant refused this server's API key. This is not "
+            "something you did: ask the administrator to check OPENAI_API_KEY.",
+        ),
+        (
+            [Failure(status=429, headers={"retry-after": "1"})] * 3,
+            "The assistant is busy right now (rate limited). Try again in 1 s.",
+        ),
+        (
+            [Failure(status=500)] * 3,
+            "The assistant answered with an error (500). Try again; if it "
+            "keeps happening, tell the administrator.",
+        ),
     ],
     ids=["slow", "401", "429", "500"],
 )
@@ -231,7 +253,10 @@ async def test_a_stream_that_breaks_keeps_the_partial_answer_marked(
         async for event in chat.ask("How do otters sleep?"):
             received.append(event)
     assert failed.value.partial
-    assert str(failed.value) == "The answer stopped because the connection to the assistant broke. Try again."
+    assert (
+        str(failed.value)
+        == "The answer stopped because the connection to the assistant broke. Try again."
+    )
     assert text_of(received) == "From otters.md: "
     events = await collect(chat, "How do otters sleep?")
     assert isinstance(events[-1], Sources)
@@ -260,12 +285,21 @@ async def test_empty_and_huge_questions_are_refused(backend: AssistantBackend) -
 def test_the_ingest_command_syncs_the_vector_store(server: AssistantServer, data: Path) -> None:
     def ingest(*args: str, base_url: str = server.base_url) -> subprocess.CompletedProcess:
         env = environ_without_settings() | {
-            "RAG_BACKEND": "assistant", "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": base_url,
-            "DATA_DIR": str(data), "STORAGE_DIR": str(data.parent / "storage"),
+            "RAG_BACKEND": "assistant",
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": base_url,
+            "DATA_DIR": str(data),
+            "STORAGE_DIR": str(data.parent / "storage"),
             "OPENAI_TIMEOUT": "5",
         }
-        return subprocess.run([sys.executable, "-m", "ragchat", "ingest", *args], env=env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "ragchat", "ingest", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     first = ingest()
     assert first.returncode == 0, first.stderr
@@ -281,8 +315,10 @@ def test_the_ingest_command_syncs_the_vector_store(server: AssistantServer, data
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
     failed = ingest(base_url=closed)
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines()[-1].startswith(
-        "Error: The assistant could not be reached at http://127.0.0.1:"
+    assert (
+        failed.stderr.strip()
+        .splitlines()[-1]
+        .startswith("Error: The assistant could not be reached at http://127.0.0.1:")
     )
 
 
@@ -297,8 +333,14 @@ def test_the_watcher_calls_the_api_only_when_the_folder_changed(
     assert backend.sync().added == ["owls.txt"]
 
 
-def test_a_wrong_key_stops_the_app_at_start_with_one_line(server: AssistantServer, data: Path) -> None:
-    settings = settings_for(server, data).model_copy(update={"openai_api_key": SecretStr("sk-wrong")})
-    with pytest.raises(ConfigError, match="^the assistant backend could not start: The assistant "
-                                          "refused this server's API key"):
+def test_a_wrong_key_stops_the_app_at_start_with_one_line(
+    server: AssistantServer, data: Path
+) -> None:
+    settings = settings_for(server, data).model_copy(
+        update={"openai_api_key": SecretStr("sk-wrong")}
+    )
+    with pytest.raises(
+        ConfigError,
+        match="^the assistant backend could not start: The assistant refused this server's API key",
+    ):
         create_backend(settings)

@@ -17,7 +17,15 @@ from playwright.sync_api import expect, sync_playwright
 
 from .assistant_server import AssistantServer
 from .conftest import ROOT, environ_without_settings
-from .test_browser import ANSWER, CHROMIUM, CHROMIUM_ARGS, free_port, sign_in, sources_of, wait_until_served
+from .test_browser import (
+    ANSWER,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    free_port,
+    sign_in,
+    sources_of,
+    wait_until_served,
+)
 
 PASSWORD = "a long password for the assistant test"
 
@@ -45,13 +53,22 @@ def assistant_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         env.pop("CHAINLIT_AUTH_SECRET", None)
         subprocess.run(
             [sys.executable, "create_password.py", "add", "reader", "--password-stdin"],
-            input=PASSWORD, env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+            input=PASSWORD,
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         log = root / "app.log"
         with log.open("w") as output:
             process = subprocess.Popen(
                 [sys.executable, "-m", "chainlit", "run", "app.py", "--headless"],
-                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             wait_until_served(f"http://127.0.0.1:{port}/", process, log, timeout=300)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import statistics
 import stat
+import statistics
 import time
 from pathlib import Path
 

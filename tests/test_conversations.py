@@ -99,7 +99,10 @@ def test_an_answer_is_rated_with_a_comment(app: RunningApp, page: Page) -> None:
     assert (run["type"], run["input"]) == ("run", "Which models does ragchat use?")
     assert feedback["threadId"] == run["threadId"]
     [answer_step] = history_rows(
-        app, 'SELECT * FROM steps WHERE "parentId" = ? AND "type" = ?', run["id"], "assistant_message"
+        app,
+        'SELECT * FROM steps WHERE "parentId" = ? AND "type" = ?',
+        run["id"],
+        "assistant_message",
     )
     assert "Sources:" in answer_step["output"]
 
@@ -162,11 +165,18 @@ def alices_conversation(app: RunningApp) -> dict:
     with signed_in(app, *ALICE) as alice:
         rated = alice.put(
             "/feedback",
-            json={"feedback": {"forId": answer["id"], "value": 1, "comment": "clear"}, "sessionId": "s"},
+            json={
+                "feedback": {"forId": answer["id"], "value": 1, "comment": "clear"},
+                "sessionId": "s",
+            },
         )
         assert rated.status_code == 200, rated.text
-    return {"thread": thread["id"], "answer": answer["id"], "elements": elements,
-            "feedback": rated.json()["feedbackId"]}
+    return {
+        "thread": thread["id"],
+        "answer": answer["id"],
+        "elements": elements,
+        "feedback": rated.json()["feedbackId"],
+    }
 
 
 @contextmanager
@@ -195,8 +205,9 @@ def test_the_owner_reaches_her_thread_elements_and_files(alices_conversation, al
     assert [t["id"] for t in listed.json()["data"]] == [thread]
     assert alice.get(f"/project/thread/{thread}").json()["userIdentifier"] == "alice"
     for element in alices_conversation["elements"]:
-        assert alice.get(f"/project/thread/{thread}/element/{element['id']}").json()["name"] == (
-            element["name"]
+        assert (
+            alice.get(f"/project/thread/{thread}/element/{element['id']}").json()["name"]
+            == (element["name"])
         )
         assert alice.get(element["url"]).status_code == 200
     pdf = next(e for e in alices_conversation["elements"] if e["name"].endswith(".pdf"))
@@ -211,12 +222,15 @@ def test_another_user_gets_nothing_of_hers_whatever_the_ids(
     assert listed.status_code == 200 and listed.json()["data"] == []
     assert bob.get(f"/project/thread/{thread}").status_code in (401, 404)
     for element in alices_conversation["elements"]:
-        assert bob.get(f"/project/thread/{thread}/element/{element['id']}").status_code in (401, 404)
+        assert bob.get(f"/project/thread/{thread}/element/{element['id']}").status_code in (
+            401,
+            404,
+        )
         refused = bob.get(element["url"])
         assert refused.status_code == 404 and b"%PDF" not in refused.content
-    assert bob.put("/project/thread", json={"threadId": thread, "name": "mine now"}).status_code in (
-        401, 404
-    )
+    assert bob.put(
+        "/project/thread", json={"threadId": thread, "name": "mine now"}
+    ).status_code in (401, 404)
     deleted = bob.request("DELETE", "/project/thread", json={"threadId": thread})
     assert deleted.status_code in (401, 404)
     rated = bob.put(
@@ -226,11 +240,15 @@ def test_another_user_gets_nothing_of_hers_whatever_the_ids(
     assert rated.status_code == 404
     overwritten = bob.put(
         "/feedback",
-        json={"feedback": {"id": alices_conversation["feedback"], "forId": "x", "value": 0},
-              "sessionId": "s"},
+        json={
+            "feedback": {"id": alices_conversation["feedback"], "forId": "x", "value": 0},
+            "sessionId": "s",
+        },
     )
     assert overwritten.status_code == 404
-    unrated = bob.request("DELETE", "/feedback", json={"feedbackId": alices_conversation["feedback"]})
+    unrated = bob.request(
+        "DELETE", "/feedback", json={"feedbackId": alices_conversation["feedback"]}
+    )
     assert unrated.status_code == 404
 
     # Everything of Alice's is as she left it.
@@ -242,7 +260,9 @@ def test_another_user_gets_nothing_of_hers_whatever_the_ids(
     assert (feedback["value"], feedback["comment"]) == (1, "clear")
 
 
-def test_conversations_cannot_be_shared_with_anyone(app: RunningApp, alices_conversation, alice) -> None:
+def test_conversations_cannot_be_shared_with_anyone(
+    app: RunningApp, alices_conversation, alice
+) -> None:
     thread = alices_conversation["thread"]
     shared = alice.put("/project/thread/share", json={"threadId": thread, "isShared": True})
     assert shared.status_code == 404

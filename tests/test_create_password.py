@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import chainlit as cl

@@ -10,7 +10,6 @@ restart. Nothing may be written outside the mounts.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import stat

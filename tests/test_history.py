@@ -56,26 +56,68 @@ async def conversation(layer: HistoryDataLayer, who: str = "alice") -> dict:
     init_http_context()  # without a request or socket context, Chainlit's layer queues writes
     user = await layer.create_user(User(identifier=who, metadata={"role": "user"}))
     thread_id = str(uuid.uuid4())
-    await layer.update_thread(thread_id, name="Which file types are supported?", user_id=user.id,
-                              metadata={"chat_settings": {"top_k": 3}}, tags=["docs", "formats"])
+    await layer.update_thread(
+        thread_id,
+        name="Which file types are supported?",
+        user_id=user.id,
+        metadata={"chat_settings": {"top_k": 3}},
+        tags=["docs", "formats"],
+    )
     ids = {name: str(uuid.uuid4()) for name in ("welcome", "question", "retrieve", "answer", "run")}
     times = iter(f"2026-11-22T10:00:0{i}Z" for i in range(9))
 
     def step(name: str, type_: str, output: str, **extra: object) -> dict:
-        return {"id": ids[name], "threadId": thread_id, "name": name, "type": type_,
-                "output": output, "createdAt": next(times), "streaming": False,
-                "metadata": {}, **extra}
+        return {
+            "id": ids[name],
+            "threadId": thread_id,
+            "name": name,
+            "type": type_,
+            "output": output,
+            "createdAt": next(times),
+            "streaming": False,
+            "metadata": {},
+            **extra,
+        }
 
     # As Chainlit nests them: messages sent by a handler are children of its "run" step.
-    await layer.create_step(step("welcome", "assistant_message", "Hi! Ask me.", parentId=ids["run"]))
-    await layer.create_step(step("question", "user_message", "Which file types are supported?",
-                                 modes={"search": "hybrid"}, tags=["question"]))
-    await layer.create_step(step("retrieve", "retrieval", "passages", parentId=ids["question"],
-                                 autoCollapse=True, defaultOpen=False, icon="search"))
-    await layer.create_step(step("answer", "assistant_message",
-                                 "Markdown, PDF and Word.\n\nSources: guide.md", parentId=ids["run"]))
-    source = cl.Text(name="guide.md", content="Markdown (.md), PDF, Word", display="side",
-                     for_id=ids["answer"], thread_id=thread_id)
+    await layer.create_step(
+        step("welcome", "assistant_message", "Hi! Ask me.", parentId=ids["run"])
+    )
+    await layer.create_step(
+        step(
+            "question",
+            "user_message",
+            "Which file types are supported?",
+            modes={"search": "hybrid"},
+            tags=["question"],
+        )
+    )
+    await layer.create_step(
+        step(
+            "retrieve",
+            "retrieval",
+            "passages",
+            parentId=ids["question"],
+            autoCollapse=True,
+            defaultOpen=False,
+            icon="search",
+        )
+    )
+    await layer.create_step(
+        step(
+            "answer",
+            "assistant_message",
+            "Markdown, PDF and Word.\n\nSources: guide.md",
+            parentId=ids["run"],
+        )
+    )
+    source = cl.Text(
+        name="guide.md",
+        content="Markdown (.md), PDF, Word",
+        display="side",
+        for_id=ids["answer"],
+        thread_id=thread_id,
+    )
     await layer.create_element(source)
     feedback_id = await layer.upsert_feedback(
         Feedback(forId=ids["answer"], value=1, comment="spot on")
@@ -130,7 +172,12 @@ async def test_a_whole_conversation_is_written_and_read_back(layer: HistoryDataL
     assert thread["tags"] == ["docs", "formats"]  # chainlit#2528: bound as a list, lost
     assert thread["metadata"] == {"chat_settings": {"top_k": 3}}
     steps = {step["id"]: step for step in thread["steps"]}
-    assert [step["name"] for step in thread["steps"]] == ["welcome", "question", "retrieve", "answer"]
+    assert [step["name"] for step in thread["steps"]] == [
+        "welcome",
+        "question",
+        "retrieve",
+        "answer",
+    ]
     assert steps[ids["question"]]["tags"] == ["question"]
     assert steps[ids["answer"]]["feedback"]["value"] == 1
     assert steps[ids["answer"]]["feedback"]["comment"] == "spot on"
@@ -164,9 +211,17 @@ async def test_chainlits_own_layer_loses_these_steps_on_sqlite(
     ids = await conversation(layer)
     plain = SQLAlchemyDataLayer(conninfo=str(layer.engine.url))
     step_id = str(uuid.uuid4())
-    await plain.create_step({"id": step_id, "threadId": ids["thread"], "name": "q",
-                             "type": "user_message", "output": "lost", "streaming": False,
-                             field: value})
+    await plain.create_step(
+        {
+            "id": step_id,
+            "threadId": ids["thread"],
+            "name": "q",
+            "type": "user_message",
+            "output": "lost",
+            "streaming": False,
+            field: value,
+        }
+    )
     db = Path(str(layer.engine.url.database))
     assert rows(db, 'SELECT * FROM steps WHERE "id" = ?', step_id) == []
     assert "error occurred" in caplog.text
@@ -210,15 +265,21 @@ async def test_deleting_a_thread_removes_its_steps_elements_feedback_and_files(
     await layer.delete_thread(mine["thread"])
 
     db = Path(str(layer.engine.url.database))
-    for table, column in [("steps", "threadId"), ("elements", "threadId"), ("feedbacks", "threadId"),
-                          ("threads", "id")]:
+    for table, column in [
+        ("steps", "threadId"),
+        ("elements", "threadId"),
+        ("feedbacks", "threadId"),
+        ("threads", "id"),
+    ]:
         assert rows(db, f'SELECT * FROM {table} WHERE "{column}" = ?', mine["thread"]) == []
     assert not stored_file.exists()
     kept = await layer.get_thread(other["thread"])
     assert len(kept["steps"]) == 4 and len(kept["elements"]) == 1
 
 
-async def test_a_resumed_chat_starts_from_the_questions_and_answers(layer: HistoryDataLayer) -> None:
+async def test_a_resumed_chat_starts_from_the_questions_and_answers(
+    layer: HistoryDataLayer,
+) -> None:
     ids = await conversation(layer)
     thread = await layer.get_thread(ids["thread"])
     assert turns_from_thread(thread) == [
@@ -263,8 +324,15 @@ async def test_a_step_updated_right_after_it_is_created_keeps_the_update(
     steps = [str(uuid.uuid4()) for _ in range(20)]
     tasks = []
     for step_id in steps:
-        step = {"id": step_id, "threadId": ids["thread"], "name": "Retrieve", "type": "retrieval",
-                "streaming": False, "input": "", "output": ""}
+        step = {
+            "id": step_id,
+            "threadId": ids["thread"],
+            "name": "Retrieve",
+            "type": "retrieval",
+            "streaming": False,
+            "input": "",
+            "output": "",
+        }
         tasks.append(asyncio.create_task(layer.create_step(dict(step))))
         tasks.append(asyncio.create_task(layer.update_step({**step, "input": "q", "output": "a"})))
     await asyncio.gather(*tasks)

@@ -56,9 +56,14 @@ class AssistantBackend:
             backend = cls.connect(settings)
             report = backend.sync(progress=True)
         except openai.OpenAIError as error:
-            raise ConfigError(f"the assistant backend could not start: {describe_failure(error, settings)}") from None
-        log.info("Assistant: %s with file_search over vector store %s", settings.openai_model,
-                 backend.store_id)
+            raise ConfigError(
+                f"the assistant backend could not start: {describe_failure(error, settings)}"
+            ) from None
+        log.info(
+            "Assistant: %s with file_search over vector store %s",
+            settings.openai_model,
+            backend.store_id,
+        )
         log.info("Documents in %s: %s", settings.data_dir, report.summary())
         return backend
 
@@ -83,7 +88,9 @@ class AssistantBackend:
         report = SyncReport()
         if not self.settings.data_dir.is_dir():
             # An unmounted or mistyped folder is not "every document was deleted".
-            log.warning("%s is not a folder; the vector store is kept as it is", self.settings.data_dir)
+            log.warning(
+                "%s is not a folder; the vector store is kept as it is", self.settings.data_dir
+            )
             return report
         on_disk = dict(scan_folder(self.settings.data_dir))
         if on_disk == self._synced and not rebuild:
@@ -107,7 +114,9 @@ class AssistantBackend:
             sha = self._hashes[name][1]
             if rebuild or ours.get(name, (None, None))[1] != sha:
                 pending.append((name, path, sha))
-        for name, path, sha in tqdm(pending, desc="Uploading files", unit="file", disable=not progress):
+        for name, path, sha in tqdm(
+            pending, desc="Uploading files", unit="file", disable=not progress
+        ):
             try:
                 self._upload(self.store_id, path, name, sha)
             except openai.BadRequestError as refused:  # this file only; the others go on
@@ -155,8 +164,9 @@ class AssistantChat:
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         name = safe_file_name(original_name)
-        if problem := refusal(Path(name).suffix.lower(), source.stat().st_size,
-                              self._backend.settings.upload_max_mb):
+        if problem := refusal(
+            Path(name).suffix.lower(), source.stat().st_size, self._backend.settings.upload_max_mb
+        ):
             return UploadOutcome(original_name, problem=problem)
         client = self._backend.client
         if "vector_store_id" not in self.state:
@@ -209,7 +219,9 @@ class AssistantChat:
                         call = event.item
                         for result in call.results or []:
                             results.setdefault(result.file_id, []).append(_source(result))
-                        yield Step("Search files", "\n".join(call.queries), _found(call.results or []))
+                        yield Step(
+                            "Search files", "\n".join(call.queries), _found(call.results or [])
+                        )
                     case "response.output_item.done" if event.item.type == "code_interpreter_call":
                         outputs = event.item.outputs or []
                         logs = "\n".join(o.logs for o in outputs if o.type == "logs")
@@ -250,21 +262,29 @@ def describe_failure(error: Exception, settings: Settings) -> str:
     where = settings.openai_base_url or "OpenAI"
     match error:
         case openai.APITimeoutError():
-            return (f"The assistant did not answer within {settings.openai_timeout:.0f} s. "
-                    "Try again in a moment.")
+            return (
+                f"The assistant did not answer within {settings.openai_timeout:.0f} s. "
+                "Try again in a moment."
+            )
         case openai.AuthenticationError() | openai.PermissionDeniedError():
-            return ("The assistant refused this server's API key. This is not something you "
-                    "did: ask the administrator to check OPENAI_API_KEY.")
+            return (
+                "The assistant refused this server's API key. This is not something you "
+                "did: ask the administrator to check OPENAI_API_KEY."
+            )
         case openai.RateLimitError():
             wait = error.response.headers.get("retry-after")
             later = f"in {wait} s" if wait else "in a minute"
             return f"The assistant is busy right now (rate limited). Try again {later}."
         case openai.APIStatusError():
-            return (f"The assistant answered with an error ({error.status_code}). Try again; if "
-                    "it keeps happening, tell the administrator.")
+            return (
+                f"The assistant answered with an error ({error.status_code}). Try again; if "
+                "it keeps happening, tell the administrator."
+            )
         case openai.APIConnectionError():
-            return (f"The assistant could not be reached at {where}. Try again; if it keeps "
-                    "happening, tell the administrator.")
+            return (
+                f"The assistant could not be reached at {where}. Try again; if it keeps "
+                "happening, tell the administrator."
+            )
     return BROKEN_STREAM
 
 

@@ -19,8 +19,8 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from ragchat.backends import Event, QuestionRejected, Source, Sources, Step, Token, Turn
 from ragchat.config import Settings
 from ragchat.ingest import Library, SyncReport, UploadOutcome, add_upload
-from ragchat.retrieval import Mode, RelevanceGate, build_retriever
 from ragchat.models import build_embed_model, build_llm, embed_name, llm_name
+from ragchat.retrieval import Mode, RelevanceGate, build_retriever
 
 log = logging.getLogger(__name__)
 
