@@ -28,6 +28,7 @@ import re
 import sqlite3
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any
 
 import aiofiles
@@ -224,8 +225,6 @@ class LocalStorage(BaseStorageClient):
         return True
 
     async def get_read_url(self, object_key: str) -> str:
-        from urllib.parse import quote
-
         return f"{FILES_ROUTE}/{quote(object_key, safe='')}"
 
     async def close(self) -> None:
@@ -287,12 +286,6 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
             for element in thread["elements"]:
                 element["props"] = _json(element.get("props"), {})
         return threads
-
-    async def owner_of_thread(self, thread_id: str) -> str | None:
-        rows = await self.execute_sql(
-            'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id}
-        )
-        return rows[0]["userIdentifier"] if rows else None
 
     # Steps
 
