@@ -10,6 +10,8 @@ import email.policy
 import itertools
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ class Failure:
     headers: dict = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering at all
     drop_after_tokens: int = 0  # close the connection after this many text deltas
+    reset: bool = False  # ...abruptly (a TCP reset, mid-event), not with a clean close
 
 
 class AssistantServer:
@@ -151,8 +154,16 @@ class AssistantServer:
                 self.end_headers()
                 for number, event in enumerate(server.answer(request)):
                     if failure.drop_after_tokens and number > failure.drop_after_tokens + 4:
-                        self.wfile.flush()
-                        self.connection.shutdown(2)  # the connection breaks mid-answer
+                        if failure.reset:  # half an event, then a reset
+                            self.wfile.write(b"event: response.output_text.delta\ndata: {")
+                            self.wfile.flush()
+                            self.connection.setsockopt(
+                                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                            )
+                            self.connection.close()
+                        else:
+                            self.wfile.flush()
+                            self.connection.shutdown(2)  # the connection breaks mid-answer
                         return
                     self.wfile.write(
                         f"event: {event.type}\ndata: {event.model_dump_json()}\n\n".encode()

@@ -243,11 +243,12 @@ async def test_a_transient_error_is_retried_and_the_user_sees_only_the_answer(
     assert posts(server, "/responses") - started == 2
 
 
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
 async def test_a_stream_that_breaks_keeps_the_partial_answer_marked(
-    server: AssistantServer, backend: AssistantBackend
+    server: AssistantServer, backend: AssistantBackend, reset: bool
 ) -> None:
     chat = backend.new_chat()
-    server.failures = [Failure(drop_after_tokens=2)]
+    server.failures = [Failure(drop_after_tokens=2, reset=reset)]
     received = []
     with pytest.raises(AnswerFailed) as failed:
         async for event in chat.ask("How do otters sleep?"):

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import httpx
 import openai
 from openai import AsyncOpenAI, OpenAI
 from tqdm import tqdm
@@ -36,7 +37,7 @@ from ragchat.ingest import SyncReport, UploadOutcome, refusal, safe_file_name, s
 
 log = logging.getLogger(__name__)
 
-STORE_FILE = "assistant.json"  # in STORAGE_DIR: the app's vector store and the files it synced
+STORE_FILE = "assistant.json"  # in STORAGE_DIR: the id of the vector store the app made
 MAX_QUESTION_CHARS = 20_000
 BROKEN_STREAM = "The answer stopped because the connection to the assistant broke. Try again."
 
@@ -93,6 +94,7 @@ class AssistantBackend:
             )
             return report
         on_disk = dict(scan_folder(self.settings.data_dir))
+        self._hashes = {name: known for name, known in self._hashes.items() if name in on_disk}
         if on_disk == self._synced and not rebuild:
             return report  # the watcher's common case: no API call while nothing changed
         ours = {}  # path -> (file id, sha256) of the files this app put in the store
@@ -243,9 +245,8 @@ class AssistantChat:
                         raise AnswerFailed(
                             "The assistant could not finish the answer. Try again.", partial=written
                         )
-        except AnswerFailed:
-            raise
-        except Exception as error:  # noqa: BLE001 (every failure gets the user's message)
+        except (openai.OpenAIError, httpx.HTTPError) as error:
+            # Anything else is a bug here, for the app's own handler to log.
             raise AnswerFailed(describe_failure(error, settings), partial=written) from error
         if not completed:  # the stream ended early: a proxy or the network cut it
             raise AnswerFailed(BROKEN_STREAM, partial=written)

@@ -152,11 +152,11 @@ class LlamaIndexBackend:
 
 class LlamaIndexChat:
     uploads_shared = True  # an upload joins DATA_DIR and the shared index
-    state: dict = {}  # the memory is rebuilt from the stored messages
 
     def __init__(self, backend: LlamaIndexBackend, memory: Memory):
         self._backend = backend
         self._memory = memory
+        self.state: dict = {}  # nothing beyond the messages: memory is rebuilt from them
         self.top_k = backend._settings.top_k
         self.mode: Mode = backend._settings.retrieval_mode
 
