@@ -91,7 +91,8 @@ async def resume_chat(thread: ThreadDict) -> None:
     cl.user_session.set("chat", chat)
     await send_settings_panel(chat)
     for question, answer in exchanges(thread):  # Chainlit does not store actions
-        await pdf_action(question["output"]).send(for_id=answer["id"])
+        if "\n\nSources: " in answer["output"]:
+            await pdf_action(question["output"]).send(for_id=answer["id"])
 
 
 async def send_settings_panel(chat) -> None:
@@ -207,9 +208,9 @@ async def answer(question: str) -> None:
         cl.Text(name=label, content="\n\n---\n\n".join(s.text for s in group), display="side")
         for label, group in groups.items()
     ]
-    if groups:
+    if groups:  # an answer from the documents; "nothing found" is not worth a PDF
         reply.content += "\n\nSources: " + ", ".join(groups)
-    reply.actions = [pdf_action(question)]
+        reply.actions = [pdf_action(question)]
     await reply.send()
     if chat.state:  # e.g. the hosted assistant's conversation: kept with the thread, for resume
         await ragchat.history.update_thread(

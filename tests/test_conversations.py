@@ -83,6 +83,14 @@ def test_a_conversation_resumes_from_the_sidebar_and_keeps_its_context(
     expect(sources_of(page.locator(ANSWER).last)).to_have_text("ragchat-user-guide.md")
 
 
+def test_an_honest_nothing_found_has_no_pdf_to_download(page: Page) -> None:
+    page.locator("#chat-input").fill("Who won the football world cup?")
+    page.keyboard.press("Enter")
+    answer = page.locator('[data-step-type="assistant_message"]').nth(1)
+    expect(answer).to_contain_text("I found nothing in the documents", timeout=180_000)
+    expect(answer.get_by_role("button", name="Download PDF")).to_have_count(0)
+
+
 def test_an_answer_is_rated_with_a_comment(app: RunningApp, page: Page) -> None:
     ask(page, "Which models does ragchat use?")
     answer = page.locator('[data-step-type="assistant_message"]').last
