@@ -7,11 +7,23 @@ allowed, so the app can stop with that line instead of a traceback.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+# `chainlit run` puts this in place of OPENAI_API_KEY whenever the CI environment variable is
+# set (its --ci mode), which CI machines and some hosts do: whatever key was there is lost.
+CHAINLIT_CI_KEY = "sk-FAKE-OPENAI-API-KEY"
+CI_KEY_HINT = (
+    "Chainlit replaced OPENAI_API_KEY with a fake key because the CI environment variable is "
+    "set; unset CI to use your own key"
+)
 
 
 class ConfigError(Exception):
@@ -125,6 +137,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("openai_api_key")
+    @classmethod
+    def _not_chainlits_stand_in(cls, value: SecretStr | None) -> SecretStr | None:
+        # Taking the stand-in for a real key would switch "auto" to OpenAI and fail at the
+        # first question; without it the local models answer, as with no key at all.
+        if value is not None and value.get_secret_value() == CHAINLIT_CI_KEY:
+            log.warning("%s. Until then it counts as not set.", CI_KEY_HINT)
+            return None
+        return value
+
     @field_validator("openai_base_url")
     @classmethod
     def _is_http_url(cls, value: str | None) -> str | None:
@@ -149,16 +171,14 @@ class Settings(BaseSettings):
             )
         if self.openai_api_key is None and self.rag_backend == "assistant":
             raise ValueError(
-                "RAG_BACKEND=assistant needs OPENAI_API_KEY; set it, or use "
-                "RAG_BACKEND=llama_index for the local models"
+                _needs_key(
+                    "RAG_BACKEND=assistant", "use RAG_BACKEND=llama_index for the local models"
+                )
             )
         if self.openai_api_key is None:
             for name in ("llm_provider", "embed_provider"):
                 if getattr(self, name) == "openai":
-                    raise ValueError(
-                        f"{name.upper()}=openai needs OPENAI_API_KEY; set it, "
-                        "or use 'local' or 'auto'"
-                    )
+                    raise ValueError(_needs_key(f"{name.upper()}=openai", "use 'local' or 'auto'"))
         return self
 
     @property
@@ -175,6 +195,12 @@ class Settings(BaseSettings):
     @property
     def embed_is_local(self) -> bool:
         return _resolve(self.embed_provider, self.openai_api_key) == "local"
+
+
+def _needs_key(what: str, alternative: str) -> str:
+    if os.environ.get("OPENAI_API_KEY") == CHAINLIT_CI_KEY:
+        return f"{what} needs OPENAI_API_KEY: {CI_KEY_HINT}"
+    return f"{what} needs OPENAI_API_KEY; set it, or {alternative}"
 
 
 def _resolve(provider: Provider, api_key: SecretStr | None) -> Literal["local", "openai"]:

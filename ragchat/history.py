@@ -28,8 +28,8 @@ import re
 import sqlite3
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 import aiofiles
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer

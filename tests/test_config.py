@@ -51,6 +51,20 @@ def test_openai_key_switches_auto_providers(clean_env: Path, monkeypatch) -> Non
     assert settings.embed_is_local
 
 
+def test_chainlits_stand_in_key_counts_as_no_key(clean_env: Path, monkeypatch) -> None:
+    # What `chainlit run` leaves in OPENAI_API_KEY when CI is set, whatever key was there.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-FAKE-OPENAI-API-KEY")
+    settings = load_settings()
+    assert settings.openai_api_key is None
+    assert settings.llm_is_local and settings.embed_is_local
+    monkeypatch.setenv("LLM_PROVIDER", "openai")
+    assert error_for(monkeypatch) == (
+        "Invalid setting: LLM_PROVIDER=openai needs OPENAI_API_KEY: Chainlit replaced "
+        "OPENAI_API_KEY with a fake key because the CI environment variable is set; unset CI "
+        "to use your own key"
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -134,6 +148,11 @@ def test_secret_is_never_echoed(clean_env: Path, monkeypatch) -> None:
         ({"RAG_BACKEND": "nope"}, "Invalid setting RAG_BACKEND='nope'"),
         ({"RAG_BACKEND": "assistant"}, "RAG_BACKEND=assistant needs OPENAI_API_KEY; set it"),
         ({"TOP_K": "many"}, "Invalid setting TOP_K='many'"),
+        (
+            {"RAG_BACKEND": "assistant", "OPENAI_API_KEY": "sk-mine", "CI": "true"},
+            "Chainlit replaced OPENAI_API_KEY with a fake key because the CI environment "
+            "variable is set; unset CI",
+        ),
     ],
 )
 def test_app_refuses_to_start_with_one_clear_line(
