@@ -11,9 +11,12 @@ from chainlit.server import app as chainlit_server
 from chainlit.types import ThreadDict
 
 from ragchat.backends import (
+    TOP_K_MAX,
+    TOP_K_MIN,
     AnswerFailed,
     Image,
     QuestionRejected,
+    SettingsRejected,
     Sources,
     Step,
     Token,
@@ -24,22 +27,39 @@ from ragchat.ingest import UPLOAD_TYPES
 from ragchat.login import login, throttle_logins
 from ragchat.pdf import answer_pdf, pdf_file_name
 from ragchat.routes import add_history_routes
+from ragchat.socket_guard import accept_only_user_messages
 from ragchat.startup import keep_in_sync, start
+from ragchat.tokens import RevokedTokens, revoked
+from ragchat.upload_quota import UploadQuota
+from ragchat.web_security import install_web_security
 
 ragchat = start()
 chainlit_config.ui.name = ragchat.settings.bot_name
 uploads = chainlit_config.features.spontaneous_file_upload
-uploads.enabled, uploads.accept, uploads.max_size_mb = (
+# What the browser checks; the server checks the same (ragchat/upload_quota.py).
+uploads.enabled, uploads.accept, uploads.max_size_mb, uploads.max_files = (
     True,
     UPLOAD_TYPES,
     ragchat.settings.upload_max_mb,
+    ragchat.settings.upload_max_files,
 )
 throttle_logins(chainlit_server)
-add_history_routes(chainlit_server, ragchat.history, prefix=chainlit_config.run.root_path)
+chainlit_server.add_middleware(RevokedTokens, users=ragchat.users)  # ragchat/tokens.py
+install_web_security(chainlit_server, ragchat.settings)  # runs before the throttle: added later
+accept_only_user_messages()
+add_history_routes(
+    chainlit_server,
+    ragchat.history,
+    uploads=UploadQuota.from_settings(ragchat.settings),
+    prefix=chainlit_config.run.root_path,
+)
 log = logging.getLogger("ragchat.app")
 background_tasks = set()
 
-INACTIVE_ACCOUNT = "This account has been disabled or deleted. Ask an administrator for access."
+INACTIVE_ACCOUNT = (
+    "This session has ended: the account was disabled or deleted, or its password changed. "
+    "Sign in again, or ask an administrator for access."
+)
 
 
 @cl.on_app_startup
@@ -60,8 +80,12 @@ async def password_login(username: str, password: str) -> cl.User | None:
 
 
 def current_account():
-    account = ragchat.users.get(cl.user_session.get("user").identifier)
-    return account if account is not None and not account.disabled else None
+    """The signed-in account, or None once it was disabled, deleted or its password reset: a
+    websocket opened before that is still connected, so each chat event checks again."""
+    session = cl.context.session
+    if not session.token or revoked(ragchat.users, session.token):
+        return None
+    return ragchat.users.get(session.user.identifier)
 
 
 @cl.on_chat_start
@@ -87,7 +111,7 @@ async def resume_chat(thread: ThreadDict) -> None:
     state = (thread.get("metadata") or {}).get("backend_state")
     chat = ragchat.backend.new_chat(history=turns_from_thread(thread), state=state)
     if saved := cl.context.session.chat_settings:  # restored by Chainlit from the thread
-        chat.configure(top_k=int(saved.get("top_k", chat.top_k)), mode=saved.get("mode", chat.mode))
+        await apply_settings(chat, saved)
     cl.user_session.set("chat", chat)
     await send_settings_panel(chat)
     for question, answer in exchanges(thread):  # Chainlit does not store actions
@@ -109,7 +133,12 @@ async def send_settings_panel(chat) -> None:
                 initial_value=chat.mode,
             ),
             Slider(
-                id="top_k", label="Passages per answer", initial=chat.top_k, min=1, max=12, step=1
+                id="top_k",
+                label="Passages per answer",
+                initial=chat.top_k,
+                min=TOP_K_MIN,
+                max=TOP_K_MAX,
+                step=1,
             ),
         ]
     ).send()
@@ -119,7 +148,17 @@ async def send_settings_panel(chat) -> None:
 async def retune(values: dict) -> None:
     chat = cl.user_session.get("chat")
     if chat is not None:
-        chat.configure(top_k=int(values["top_k"]), mode=values["mode"])
+        await apply_settings(chat, values)
+
+
+async def apply_settings(chat, values: dict) -> None:
+    """The settings panel's values, if allowed; if not, a message and the chat keeps its own."""
+    try:
+        chat.configure(top_k=values.get("top_k", chat.top_k), mode=values.get("mode", chat.mode))
+    except SettingsRejected as rejection:
+        await cl.ErrorMessage(content=str(rejection)).send()
+    # Chainlit keeps whatever the browser sent, and saves it with the thread: keep what is used.
+    cl.context.session.chat_settings = {"top_k": chat.top_k, "mode": chat.mode}
 
 
 @cl.action_callback("starter")

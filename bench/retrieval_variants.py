@@ -14,7 +14,7 @@ For each it prints the figures of `python -m ragchat eval` and, against the app'
 mean difference in reciprocal rank with its 95% paired-bootstrap interval: an interval that
 holds 0 is no evidence of a gain.
 
-    python -m ragchat convert-smart ../shared/eval/cranfield /tmp/cranfield
+    python -m ragchat convert-smart tests/data/cranfield /tmp/cranfield
     python bench/retrieval_variants.py --docs /tmp/cranfield/docs \
         --queries /tmp/cranfield/queries.tsv --qrels /tmp/cranfield/qrels.tsv [--storage DIR]
 """

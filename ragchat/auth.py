@@ -5,6 +5,10 @@ Numbers (also in the README):
 - throttling: an account locks after 5 failed logins in a row, a client address after 20;
   the first lock lasts 60 s and each further failure doubles it, up to 1 hour; a success
   clears both counters, and failures are forgotten 24 hours after the last one.
+
+Each account has a session key, which its session tokens carry (ragchat.tokens): a new
+account gets a new one, and resetting the password or disabling the account replaces it, which
+ends every session signed in before.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import string
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -58,11 +62,12 @@ CREATE TABLE IF NOT EXISTS login_failures (
 );
 """
 # Columns added to a `users` table made by hand for the tutorial's script, which had only
-# the first two.
+# the first two, or by an earlier ragchat.
 _USER_COLUMNS = {
     "role": "TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('admin', 'user'))",
     "disabled": "INTEGER NOT NULL DEFAULT 0",
     "created_at": "TEXT",
+    "session_key": "TEXT",  # NULL until given one (at start or first login); NULL matches nothing
 }
 
 
@@ -81,6 +86,7 @@ class User:
     username: str
     role: Role
     disabled: bool
+    session_key: str | None = field(repr=False)
 
     @property
     def is_admin(self) -> bool:
@@ -93,6 +99,10 @@ _PASSWORD_ALPHABET = string.ascii_letters + string.digits
 def generate_password() -> str:
     """20 letters and digits: 119 bits, and nothing a shell or a login form trips over."""
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(20))
+
+
+def new_session_key() -> str:
+    return secrets.token_urlsafe(16)
 
 
 def hash_password(password: str) -> str:
@@ -134,6 +144,10 @@ class UserStore:
                 for column, definition in _USER_COLUMNS.items():
                     if column not in present:
                         db.execute(f"ALTER TABLE users ADD COLUMN {column} {definition}")
+                for (username,) in db.execute(
+                    "SELECT username FROM users WHERE session_key IS NULL"
+                ).fetchall():
+                    _give_session_key(db, username)
             path.chmod(0o600)  # hashes are nobody else's business
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(
@@ -159,49 +173,73 @@ class UserStore:
                 "starting with a letter or digit."
             )
         check_password_strength(password)
+        session_key = new_session_key()
         try:
             with self._connect() as db:
                 db.execute(
-                    "INSERT INTO users (username, password_hash, role, created_at) "
-                    "VALUES (?, ?, ?, datetime('now'))",
-                    (username, hash_password(password), role),
+                    "INSERT INTO users (username, password_hash, role, created_at, session_key) "
+                    "VALUES (?, ?, ?, datetime('now'), ?)",
+                    (username, hash_password(password), role, session_key),
                 )
         except sqlite3.IntegrityError:
             raise AccountError(f"The user {username!r} already exists.") from None
-        return User(username, role, disabled=False)
+        return User(username, role, disabled=False, session_key=session_key)
 
     def get(self, username: str) -> User | None:
         with self._connect() as db:
             row = db.execute(
-                "SELECT username, role, disabled FROM users WHERE username = ?", (username,)
+                "SELECT username, role, disabled, session_key FROM users WHERE username = ?",
+                (username,),
             ).fetchone()
-        return User(row[0], row[1], bool(row[2])) if row else None
+        return User(row[0], row[1], bool(row[2]), row[3]) if row else None
 
     def list(self) -> list[User]:
         with self._connect() as db:
-            rows = db.execute("SELECT username, role, disabled FROM users ORDER BY username")
-            return [User(name, role, bool(disabled)) for name, role, disabled in rows]
+            rows = db.execute(
+                "SELECT username, role, disabled, session_key FROM users ORDER BY username"
+            )
+            return [User(name, role, bool(disabled), key) for name, role, disabled, key in rows]
 
     def count(self) -> int:
         with self._connect() as db:
             return db.execute("SELECT count(*) FROM users").fetchone()[0]
 
     def set_password(self, username: str, password: str) -> None:
+        """A new password, and a new session key: sessions signed in with the old one end."""
         check_password_strength(password)
-        self._update(username, "password_hash = ?", hash_password(password))
+        self._update(
+            username,
+            "password_hash = ?, session_key = ?",
+            hash_password(password),
+            new_session_key(),
+        )
 
     def set_disabled(self, username: str, disabled: bool) -> None:
-        self._update(username, "disabled = ?", int(disabled))
+        """Disabling also replaces the session key, so enabling again revives no session."""
+        if disabled:
+            self._update(username, "disabled = 1, session_key = ?", new_session_key())
+        else:
+            self._update(username, "disabled = 0")
+
+    def session_is_current(self, username: str, session_key: str) -> bool:
+        """Whether a session token of `username` carrying `session_key` may still be used: the
+        account exists, is enabled and has that key. One lookup by primary key."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM users WHERE username = ? AND session_key = ? AND NOT disabled",
+                (username, session_key),
+            ).fetchone()
+        return row is not None
 
     def delete(self, username: str) -> None:
         with self._connect() as db:
             if db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 0:
                 raise AccountError(f"There is no user {username!r}.")
 
-    def _update(self, username: str, assignment: str, value: object) -> None:
+    def _update(self, username: str, assignments: str, *values: object) -> None:
         with self._connect() as db:
             changed = db.execute(
-                f"UPDATE users SET {assignment} WHERE username = ?", (value, username)
+                f"UPDATE users SET {assignments} WHERE username = ?", (*values, username)
             ).rowcount
         if changed == 0:
             raise AccountError(f"There is no user {username!r}.")
@@ -220,7 +258,8 @@ class UserStore:
 
         with self._connect() as db:
             row = db.execute(
-                "SELECT username, password_hash, role, disabled FROM users WHERE username = ?",
+                "SELECT username, password_hash, role, disabled, session_key FROM users "
+                "WHERE username = ?",
                 (username,),
             ).fetchone()
         if row is not None and _verify(row[1], password) and not row[3]:
@@ -228,7 +267,11 @@ class UserStore:
             if _LEGACY_SHA256.fullmatch(row[1]) or HASHER.check_needs_rehash(row[1]):
                 self._update(row[0], "password_hash = ?", hash_password(password))
                 log.info("Upgraded the password hash of %s to current argon2id", row[0])
-            return User(row[0], row[2], disabled=False)
+            session_key = row[4]
+            if session_key is None:  # an account added by hand since the app started
+                with self._connect() as db:
+                    session_key = _give_session_key(db, row[0])
+            return User(row[0], row[2], disabled=False, session_key=session_key)
         if row is None:
             _verify(_dummy_hash(), password)
         self._record_failure(keys[0], ACCOUNT_FREE_FAILURES, now)
@@ -260,6 +303,16 @@ class UserStore:
     def _forget_failures(self, keys: list[str]) -> None:
         with self._connect() as db:
             db.executemany("DELETE FROM login_failures WHERE key = ?", [(k,) for k in keys])
+
+
+def _give_session_key(db: sqlite3.Connection, username: str) -> str | None:
+    """The account's session key, given one if it has none (two logins at once get the same)."""
+    db.execute(
+        "UPDATE users SET session_key = ? WHERE username = ? AND session_key IS NULL",
+        (new_session_key(), username),
+    )
+    row = db.execute("SELECT session_key FROM users WHERE username = ?", (username,)).fetchone()
+    return row[0] if row else None
 
 
 def lock_seconds(failures: int, free_failures: int) -> float:

@@ -7,10 +7,12 @@ allowed, so the app can stop with that line instead of a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,6 +50,20 @@ class Settings(BaseSettings):
     # How often DATA_DIR is checked for added, changed and removed files (0: only at start).
     watch_interval: float = Field(5.0, ge=0)
     upload_max_mb: int = Field(20, ge=1, le=1024)
+    # What one user's uploads may hold on the server at once (files and megabytes, all their
+    # open chats together), and how far a zipped document (.docx) may expand when read.
+    upload_max_files: int = Field(20, ge=1, le=1000)
+    upload_quota_mb: int = Field(100, ge=1, le=100_000)
+    unzipped_max_mb: int = Field(50, ge=1, le=10_000)
+
+    # Web security. ALLOWED_ORIGINS: other origins (https://host[:port]) whose pages may call
+    # the app with the user's cookie; empty means the app's own origin only.
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto count (addresses or networks);
+    # empty: the connecting address is the client. CLIENT_IP_HEADER: a header that the one
+    # proxy every request passes sets to the client's address (Upsun's router: X-Client-IP).
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    client_ip_header: str | None = None
     # Accounts; the session-signing secret is kept next to it when not set in the environment.
     db_path: Path = Path("database/auth.db")
     # Conversations (messages, feedback) and the files attached to them: sources, PDFs, uploads.
@@ -115,6 +131,43 @@ class Settings(BaseSettings):
         # One line in .env is friendlier than JSON: STARTERS="First?|Second?"
         if isinstance(value, str):
             return [part.strip() for part in value.split("|") if part.strip()]
+        return value
+
+    @field_validator("allowed_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], e.g. "
+                    "https://chat.example.com"
+                )
+        return [origin.rstrip("/") for origin in value]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _are_addresses(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            if proxy == "*":
+                raise ValueError(
+                    "'*' would let any client choose its own address; list the proxies' "
+                    "addresses (e.g. 127.0.0.1,10.0.0.0/8), or set CLIENT_IP_HEADER when one "
+                    "proxy (Upsun's router) reaches the app"
+                )
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{proxy!r} is not an IP address or network, e.g. 127.0.0.1 or 10.0.0.0/8"
+                ) from None
         return value
 
     @field_validator("local_llm_path")

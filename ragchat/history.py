@@ -14,7 +14,13 @@ documented schema lacks. A database made from Chainlit's documentation is upgrad
   step writes are kept in order;
 - SQL errors were swallowed into a warning: they are logged as errors naming the statement;
 - thread ids come from the browser and are pasted into one of the base layer's queries: a
-  thread id that is not a UUID is refused before it is stored.
+  thread id that is not a UUID is refused before it is stored;
+- writes by id went wherever the id pointed: a message reusing another's step id moved that
+  step into the sender's thread, and Chainlit's element routes wrote into, or deleted from, any
+  thread named. Every write by id now checks the owner (see `acting_user`);
+- an unknown thread's author was a ValueError (a 500, where another's thread is a 401): it is
+  None, and routes.py answers both alike;
+- the user's message was stored in full, however long: it is cut to MAX_QUESTION_CHARS.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiofiles
+from chainlit.context import ChainlitContextException, context
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.element import ElementDict
@@ -40,7 +47,7 @@ from chainlit.types import Feedback, ThreadDict
 from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ragchat.backends import Turn
+from ragchat.backends import MAX_QUESTION_CHARS, Turn
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +189,31 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
         db.execute(statement)
 
 
+def acting_user() -> str | None:
+    """The identifier of the signed-in user a write is made for: the user of the Chainlit
+    session it runs in (a socket event, or an HTTP route that takes up a socket session, as the
+    element routes do). None outside any session: the app's own code and Chainlit's HTTP thread
+    routes, which check the thread's author before they write (routes.py makes that check
+    answer alike for unknown and foreign threads). Those writes are not checked here: there is
+    no user to check them against, and refusing them would refuse every rename and deletion."""
+    try:
+        user = context.session.user
+    except ChainlitContextException:
+        return None
+    return user.identifier if user is not None else None
+
+
+def cut_for_history(message: str) -> str:
+    """A user's message as the history keeps it: at most MAX_QUESTION_CHARS, and marked when
+    cut. No backend answers a longer one; the chat says so, and the rest is not worth storing."""
+    if len(message) <= MAX_QUESTION_CHARS:
+        return message
+    return (
+        message[:MAX_QUESTION_CHARS]
+        + f"\n\n[cut here: the message was {len(message):,} characters long]"
+    )
+
+
 def _columns(db_path: Path) -> dict[str, set[str]]:
     with sqlite3.connect(db_path) as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
@@ -265,6 +297,8 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
     ) -> None:
         if not is_uuid(thread_id):
             raise ValueError(f"refused to store a thread whose id is not a UUID: {thread_id!r}")
+        if not await self._may_write(thread_id, "a change to a conversation"):
+            return
         await super().update_thread(
             thread_id,
             name=thread_title(name) if name is not None else None,
@@ -272,6 +306,29 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
             metadata=metadata,
             tags=json.dumps(tags) if tags is not None else None,  # type: ignore[arg-type]
         )
+
+    async def delete_thread(self, thread_id: str) -> None:
+        if await self._may_write(thread_id, "the deletion of a conversation"):
+            await super().delete_thread(thread_id)
+
+    async def get_thread_author(self, thread_id: str) -> str | None:  # type: ignore[override]
+        """The thread's owner; None for an unknown thread, which the base layer raised for."""
+        rows = await self.execute_sql(
+            'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id}
+        )
+        return rows[0]["userIdentifier"] if rows else None
+
+    async def _may_write(self, thread_id: str, what: str) -> bool:
+        """Whether the acting user may write into this thread: theirs, or nobody's yet (Chainlit
+        writes a thread's first step before it names the thread's owner)."""
+        user = acting_user()
+        if user is None:
+            return True
+        owner = await self.get_thread_author(thread_id)
+        if owner is None or owner == user:
+            return True
+        log.warning("Chat history: refused %s by %s: it belongs to another user", what, user)
+        return False
 
     async def get_all_user_threads(
         self, user_id: str | None = None, thread_id: str | None = None
@@ -297,11 +354,41 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         for key in ("modes", "tags"):
             if isinstance(row.get(key), (dict, list)):
                 row[key] = json.dumps(row[key])
+        # The user's message is the output of a user_message step, and Chainlit copies it into
+        # the input of the "run" step of on_message.
+        for kind, field in (("user_message", "output"), ("run", "input")):
+            if row.get("type") == kind and isinstance(row.get(field), str):
+                row[field] = cut_for_history(row[field])
         # Chainlit starts the creation and the update of a step as two tasks, and both are
         # upserts: unordered, the creation could land last and blank the step. The lock is
         # taken before the first await, so writes land in the order the tasks were started.
         async with self._step_writes:
-            await super().create_step(row)  # type: ignore[arg-type]
+            if await self._step_may_be_written(row):
+                await super().create_step(row)  # type: ignore[arg-type]
+
+    async def _step_may_be_written(self, row: dict) -> bool:
+        # The step's id comes from the browser for a user's message, and the base layer's
+        # upsert would move a step of any thread into this one, with the new text.
+        stored = await self._thread_of("steps", row.get("id"))
+        if stored is not None and stored != row.get("threadId"):
+            log.warning(
+                "Chat history: refused a step by %s whose id is a step of another conversation",
+                acting_user() or "the app",
+            )
+            return False
+        return await self._may_write(row.get("threadId") or "", "a step")
+
+    async def delete_step(self, step_id: str) -> None:
+        thread_id = await self._thread_of("steps", step_id)
+        if thread_id is None or await self._may_write(thread_id, "a step's deletion"):
+            await super().delete_step(step_id)
+
+    async def _thread_of(self, table: str, row_id: object) -> str | None:
+        """The thread a stored step or element belongs to, None when there is no such row."""
+        rows = await self.execute_sql(
+            f'SELECT "threadId" FROM {table} WHERE "id" = :id', {"id": row_id}
+        )
+        return rows[0]["threadId"] if rows else None
 
     async def owner_of_step(self, step_id: str) -> str | None:
         rows = await self.execute_sql(
@@ -345,6 +432,26 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         return ElementDict(
             **{key: row.get(key) for key in ElementDict.__annotations__ if key != "path"}
         )
+
+    async def create_element(self, element: Any) -> None:
+        # Chainlit's element routes take the element, its id and its thread from the browser,
+        # and the base layer's upsert would move an element of any thread into the one named.
+        stored = await self._thread_of("elements", element.id)
+        if stored is not None and stored != element.thread_id:
+            log.warning(
+                "Chat history: refused an element by %s whose id is an element of another "
+                "conversation",
+                acting_user() or "the app",
+            )
+            return
+        if await self._may_write(element.thread_id or "", "an element"):
+            await super().create_element(element)
+
+    async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
+        # The thread that counts is the element's own, not the one the browser named.
+        stored = await self._thread_of("elements", element_id)
+        if stored is None or await self._may_write(stored, "an element's deletion"):
+            await super().delete_element(element_id, thread_id)
 
     async def owned_file(
         self, object_key: str, user_identifier: str

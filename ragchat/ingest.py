@@ -14,6 +14,7 @@ deleted. A `kill -9` therefore loses at most the batch in flight, which the next
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -23,6 +24,8 @@ import shutil
 import threading
 import time
 import unicodedata
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -59,6 +62,9 @@ UPLOAD_TYPES = {
 SUPPORTED_TYPES = tuple(suffix for suffixes in UPLOAD_TYPES.values() for suffix in suffixes)
 # Files that are read as text: anything but UTF-8 is refused rather than half-decoded.
 _TEXT_TYPES = {".md", ".markdown", ".txt", ".csv", ".html", ".htm"}
+# Files that are zip archives, which their reader (docx2txt) unzips part by part into memory.
+_ZIPPED_TYPES = {".docx"}
+_MB = 1024 * 1024
 _READERS = {".html": HTMLTagReader(tag="body"), ".htm": HTMLTagReader(tag="body")}
 # Metadata kept for bookkeeping and citations, but neither embedded nor shown to the LLM.
 _HIDDEN_METADATA = ["file_sha256", "part"]
@@ -247,6 +253,10 @@ class Library:
                 path.read_bytes().decode("utf-8")
             except UnicodeDecodeError:
                 raise Unreadable("the text is not UTF-8; save it as UTF-8 and add it again") from None
+        if suffix in _ZIPPED_TYPES and (
+            problem := unzipped_refusal(path, self.settings.unzipped_max_mb)
+        ):
+            raise Unreadable(problem)
         try:
             loaded = SimpleDirectoryReader(
                 input_files=[path], file_extractor=_READERS, raise_on_error=True
@@ -411,6 +421,53 @@ def refusal(suffix: str, size: int, limit_mb: int | None = None) -> str | None:
     if limit_mb is not None and size > limit_mb * 1024 * 1024:
         return f"it is {size / 1024 / 1024:.1f} MB and uploads are limited to {limit_mb} MB"
     return None
+
+
+def unzipped_refusal(path: Path, limit_mb: int) -> str | None:
+    """Why a zipped document is not read, if it is not: it would unzip to more than
+    `limit_mb`, or it is not a sound archive. Costs at most unzipping `limit_mb` once, in steps
+    of 1 MB, whatever the archive claims.
+
+    The parts' declared sizes come first, and they bound what the reader gets: zipfile never
+    hands out more than a part's declared size (ZipExtFile stops at ZipInfo.file_size and then
+    checks the CRC). They do not bound what reading costs, though: ZipFile.read, as docx2txt
+    calls it, decompresses all of a part's data in one call before cutting it to the declared
+    size, so a part declaring 1 KB but holding 1.5 GB (in 1.5 MB) took 14 s and 2 GB of
+    memory here. So each part is also unzipped here, in bounded steps, to check that it holds
+    what it declares, and only deflate and stored parts (what Word writes) are accepted: bzip2
+    and LZMA have no bounded step in zipfile."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            parts = archive.infolist()
+            declared = sum(part.file_size for part in parts)
+            if declared > limit_mb * _MB:
+                return (
+                    f"it unzips to {declared / _MB:.1f} MB, more than the {limit_mb} MB a "
+                    "document may unzip to (UNZIPPED_MAX_MB); split it into smaller documents, "
+                    "or ask the administrator to raise UNZIPPED_MAX_MB"
+                )
+            for part in parts:
+                if part.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise zipfile.BadZipFile(f"{part.filename} is compressed as Word never does")
+                if _unzipped_size(archive, part) != part.file_size:
+                    raise zipfile.BadZipFile(
+                        f"{part.filename} is not the size the archive says; save it again"
+                    )
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as error:
+        return _reading_error(path.suffix.lower(), error)  # RuntimeError: an encrypted part
+    return None
+
+
+def _unzipped_size(archive: zipfile.ZipFile, part: zipfile.ZipInfo) -> int:
+    """What the part really unzips to, counted up to one byte past its declared size."""
+    unbounded = copy.copy(part)
+    unbounded.file_size = part.file_size + 1  # so that zipfile reads past the declared end
+    del unbounded.CRC  # that end is compared here, not the checksum (the reader checks it)
+    size = 0
+    with archive.open(unbounded) as data:
+        while size <= part.file_size and (block := data.read(_MB)):
+            size += len(block)
+    return size
 
 
 def scan_folder(folder: Path) -> Iterator[tuple[str, _Stat]]:

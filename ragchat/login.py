@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ragchat.auth import Throttled, UserStore
+from ragchat.tokens import session_user
 
 
 @dataclass
@@ -34,6 +35,7 @@ def throttle_logins(app: FastAPI) -> None:
     async def login_throttle(request: Request, call_next):
         if request.method != "POST" or not request.url.path.endswith("/login"):
             return await call_next(request)
+        # The client address as web_security.ClientAddress set it from the proxy settings.
         attempt = _LoginAttempt(address=request.client.host if request.client else None)
         token = _attempt.set(attempt)
         try:
@@ -59,4 +61,4 @@ async def login(users: UserStore, username: str, password: str) -> cl.User | Non
         return None
     if user is None:
         return None
-    return cl.User(identifier=user.username, metadata={"role": user.role})
+    return session_user(user)

@@ -1,7 +1,10 @@
 """OpenAI's hosted-assistant wire protocol on 127.0.0.1, for tests: files, vector stores and
 streamed Responses with the file_search tool, every payload built from the `openai` package's
 own types. Searching is a plain word match over the stored files; the answer quotes the best
-passage and cites its file. Failures can be ordered for the next request to /responses."""
+passage and cites its file. Failures can be ordered for the next request to /responses.
+
+Where implementations of the protocol differ, the server behaves as OpenAI does (`OPENAI`) or as
+an independent implementation met in practice does (`INDEPENDENT`)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +27,8 @@ from openai.types.responses import (
     ResponseCodeInterpreterCallCodeDeltaEvent,
     ResponseCodeInterpreterToolCall,
     ResponseCompletedEvent,
+    ResponseContentPartAddedEvent,
+    ResponseContentPartDoneEvent,
     ResponseCreatedEvent,
     ResponseFileSearchCallCompletedEvent,
     ResponseFileSearchCallSearchingEvent,
@@ -43,6 +49,35 @@ CODE = "print(6 * 7)"
 PIXEL = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
+# The places a response can carry its citations: streamed annotation events, the finished
+# content part, the finished output item (the message) and the completed response.
+CITATION_PLACES = frozenset(
+    {"annotation.added", "content_part.done", "output_item.done", "completed"}
+)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the server implements what implementations of the protocol do differently."""
+
+    name: str
+    citations_in: frozenset[str]  # of CITATION_PLACES; the others have no annotations
+    # file_search results carry the file's id and name, not an internal document id.
+    result_names: bool
+    # A request offering the code interpreter is answered, not refused with 400.
+    code_interpreter: bool
+
+
+OPENAI = Behaviour("openai", CITATION_PLACES, result_names=True, code_interpreter=True)
+INDEPENDENT = Behaviour(
+    "independent",
+    CITATION_PLACES - {"annotation.added"},
+    result_names=False,
+    code_interpreter=False,
+)
+NO_CODE_INTERPRETER = "Tool type 'code_interpreter' is not supported."
+
+
 @dataclass
 class Failure:
     """What the next /responses request gets instead of an answer."""
@@ -55,10 +90,12 @@ class Failure:
 
 
 class AssistantServer:
-    def __init__(self) -> None:
+    def __init__(self, behaviour: Behaviour = OPENAI) -> None:
+        self.behaviour = behaviour
         self.files: dict[str, tuple[str, bytes]] = {}  # id -> (name, content)
         self.stores: dict[str, dict[str, dict]] = {}  # store id -> file id -> attributes
         self.responses: dict[str, dict] = {}  # response id -> its request
+        self.asked: list[dict] = []  # every request to /responses, answered or not
         self.requests: list[tuple[str, str]] = []
         self.failures: list[Failure] = []
         self._ids = itertools.count(1)
@@ -142,6 +179,10 @@ class AssistantServer:
                 self._json(status, json.dumps(error), headers)
 
             def _respond(self, request: dict) -> None:
+                server.asked.append(request)
+                tools = [tool["type"] for tool in request.get("tools", [])]
+                if "code_interpreter" in tools and not server.behaviour.code_interpreter:
+                    return self._error(400, NO_CODE_INTERPRETER)
                 failure = server.failures.pop(0) if server.failures else Failure()
                 time.sleep(failure.delay)
                 if failure.status:
@@ -152,8 +193,9 @@ class AssistantServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for number, event in enumerate(server.answer(request)):
-                    if failure.drop_after_tokens and number > failure.drop_after_tokens + 4:
+                tokens = 0
+                for event in server.answer(request):
+                    if failure.drop_after_tokens and tokens == failure.drop_after_tokens:
                         if failure.reset:  # half an event, then a reset
                             self.wfile.write(b"event: response.output_text.delta\ndata: {")
                             self.wfile.flush()
@@ -169,6 +211,7 @@ class AssistantServer:
                         f"event: {event.type}\ndata: {event.model_dump_json()}\n\n".encode()
                     )
                     self.wfile.flush()
+                    tokens += event.type == "response.output_text.delta"
                 self.close_connection = True
 
         return Handler
@@ -252,18 +295,28 @@ class AssistantServer:
 
     # responses
 
-    def search(self, store_ids: list[str], query: str) -> list[tuple[str, str, str, float]]:
-        """(file id, file name, passage, score) of passages sharing words with the query."""
+    def search(self, store_ids: list[str], query: str) -> list[dict]:
+        """file_search results: the passages sharing words with the query, best first."""
         words = set(re.findall(r"[a-z]{4,}", query.lower()))
         found = []
         for store_id in store_ids:
-            for file_id in self.stores.get(store_id, {}):
+            for file_id, attributes in self.stores.get(store_id, {}).items():
                 name, content = self.files[file_id]
+                if not self.behaviour.result_names:  # named by an internal document id
+                    file_id = name = str(uuid.uuid5(uuid.NAMESPACE_URL, file_id))
                 for passage in re.split(r"\n\s*\n", content.decode()):
                     shared = words & set(re.findall(r"[a-z]{4,}", passage.lower()))
                     if shared:
-                        found.append((file_id, name, passage.strip(), len(shared) / len(words)))
-        return sorted(found, key=lambda hit: -hit[3])[:3]
+                        found.append(
+                            {
+                                "file_id": file_id,
+                                "filename": name,
+                                "text": passage.strip(),
+                                "score": len(shared) / len(words),
+                                "attributes": attributes,
+                            }
+                        )
+        return sorted(found, key=lambda hit: -hit["score"])[:3]
 
     def answer(self, request: dict):
         response_id = self.new_id("resp")
@@ -285,10 +338,7 @@ class AssistantServer:
             queries=[question],
             status="completed",
             type="file_search_call",
-            results=[
-                {"file_id": f, "filename": n, "text": t, "score": s, "attributes": {}}
-                for f, n, t, s in hits
-            ],
+            results=hits,
         )
         runs_code = any(tool["type"] == "code_interpreter" for tool in request.get("tools", []))
         code_call = (
@@ -304,25 +354,35 @@ class AssistantServer:
             else None
         )
         if hits:
-            text = f"From {hits[0][1]}: {hits[0][2].splitlines()[0]}"
+            best = hits[0]
+            name = best["attributes"].get("ragchat_path", best["filename"]).rsplit("/", 1)[-1]
+            text = f"From {name}: {best['text'].splitlines()[0]}"
             annotations = [
                 {
                     "type": "file_citation",
-                    "file_id": hits[0][0],
-                    "filename": hits[0][1],
+                    "file_id": best["file_id"],
+                    "filename": best["filename"],
                     "index": len(text),
                 }
             ]
         else:
             text, annotations = NOTHING_FOUND, []
         message_id = self.new_id("msg")
-        done_message = ResponseOutputMessage(
-            id=message_id,
-            role="assistant",
-            status="completed",
-            type="message",
-            content=[ResponseOutputText(type="output_text", text=text, annotations=annotations)],
-        )
+
+        def cited_in(place: str) -> list[dict]:
+            return annotations if place in self.behaviour.citations_in else []
+
+        def done_text(place: str) -> ResponseOutputText:
+            return ResponseOutputText(type="output_text", text=text, annotations=cited_in(place))
+
+        def done_message(place: str) -> ResponseOutputMessage:
+            return ResponseOutputMessage(
+                id=message_id,
+                role="assistant",
+                status="completed",
+                type="message",
+                content=[done_text(place)],
+            )
 
         def response(status: str, output: list) -> Response:
             return Response(
@@ -384,6 +444,14 @@ class AssistantServer:
                 id=message_id, role="assistant", status="in_progress", type="message", content=[]
             ),
         )
+        yield ResponseContentPartAddedEvent(
+            type="response.content_part.added",
+            item_id=message_id,
+            output_index=1,
+            content_index=0,
+            part=ResponseOutputText(type="output_text", text="", annotations=[]),
+            sequence_number=next(sequence),
+        )
         for piece in re.findall(r"\S+\s*", text):
             yield ResponseTextDeltaEvent(
                 type="response.output_text.delta",
@@ -394,7 +462,7 @@ class AssistantServer:
                 logprobs=[],
                 sequence_number=next(sequence),
             )
-        for number, annotation in enumerate(annotations):
+        for number, annotation in enumerate(cited_in("annotation.added")):
             yield ResponseOutputTextAnnotationAddedEvent(
                 type="response.output_text.annotation.added",
                 item_id=message_id,
@@ -413,14 +481,24 @@ class AssistantServer:
             logprobs=[],
             sequence_number=next(sequence),
         )
+        yield ResponseContentPartDoneEvent(
+            type="response.content_part.done",
+            item_id=message_id,
+            output_index=1,
+            content_index=0,
+            part=done_text("content_part.done"),
+            sequence_number=next(sequence),
+        )
         yield ResponseOutputItemDoneEvent(
             type="response.output_item.done",
-            item=done_message,
+            item=done_message("output_item.done"),
             output_index=1,
             sequence_number=next(sequence),
         )
         yield ResponseCompletedEvent(
             type="response.completed",
             sequence_number=next(sequence),
-            response=response("completed", [call, done_message]),
+            response=response(
+                "completed", [call, *([code_call] if code_call else []), done_message("completed")]
+            ),
         )

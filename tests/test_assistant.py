@@ -1,13 +1,19 @@
 """The hosted assistant backend, driven through the official `openai` client against a server on
-127.0.0.1 that speaks OpenAI's wire protocol for files, vector stores and streamed responses."""
+127.0.0.1 that speaks OpenAI's wire protocol for files, vector stores and streamed responses.
+
+Every test that takes the `server` fixture runs twice: against a server that behaves as OpenAI
+does, and against one that behaves as an independent implementation of the protocol does
+(citations only in the finished events, results named by internal ids, no code interpreter)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,7 @@ from ragchat.backends import (
     AnswerFailed,
     Image,
     QuestionRejected,
+    Source,
     Sources,
     Step,
     Token,
@@ -25,17 +32,32 @@ from ragchat.backends import (
 from ragchat.backends.assistant import AssistantBackend
 from ragchat.config import ConfigError, load_settings
 
-from .assistant_server import CODE, NOTHING_FOUND, AssistantServer, Failure
+from .assistant_server import (
+    CITATION_PLACES,
+    CODE,
+    INDEPENDENT,
+    NO_CODE_INTERPRETER,
+    NOTHING_FOUND,
+    OPENAI,
+    AssistantServer,
+    Behaviour,
+    Failure,
+)
 from .conftest import ROOT, environ_without_settings
 
 OTTERS = "Otters hold hands while they sleep so they do not drift apart.\n\nThey eat sea urchins."
 HERONS = "Herons stand still in shallow water and spear fish with their beaks."
 
 
-@pytest.fixture
-def server() -> Iterator[AssistantServer]:
-    with AssistantServer() as running:
+@pytest.fixture(params=[OPENAI, INDEPENDENT], ids=lambda behaviour: behaviour.name)
+def server(request: pytest.FixtureRequest) -> Iterator[AssistantServer]:
+    with AssistantServer(request.param) as running:
         yield running
+
+
+def only(behaviour: Behaviour):
+    """Run a test against a server of this behaviour only."""
+    return pytest.mark.parametrize("server", [behaviour], indirect=True, ids=[behaviour.name])
 
 
 @pytest.fixture
@@ -93,21 +115,30 @@ def test_the_documents_are_synced_into_a_vector_store_by_content(
     (data / "birds" / "herons.txt").unlink()
     (data / "owls.txt").write_text("Owls turn their heads 270 degrees.")
     (data / "empty.txt").write_text("")
+    (data / "hawks.txt").write_text("Hawks see ultraviolet light.")
     report = again.sync()
-    assert (report.added, report.changed, report.removed) == (
-        ["owls.txt"],
+    assert (report.uploaded, report.replaced, report.removed, report.unchanged) == (
+        ["hawks.txt", "owls.txt"],
         ["otters.md"],
         ["birds/herons.txt"],
+        [],
     )
     assert report.skipped == {"empty.txt": "the file is empty"}
+    assert report.summary().startswith(
+        "2 uploaded, 1 replaced, 1 removed, 0 unchanged, 1 skipped in "
+    )
+    assert report.summary().endswith(" s\n  skipped empty.txt: the file is empty")
+    (data / "hawks.txt").unlink()
+    summary = again.sync().summary()
+    assert summary.startswith("0 uploaded, 0 replaced, 1 removed, 2 unchanged, 1 skipped in ")
     assert sorted(server.store_files(backend.store_id)) == ["otters.md", "owls.txt"]
     assert "densest fur" in server.store_files(backend.store_id)["otters.md"]
     assert len(server.files) == 2  # replaced and removed files are deleted, not only unlinked
 
 
-def test_a_store_named_by_id_keeps_the_files_others_put_there(
-    server: AssistantServer, data: Path
-) -> None:
+def team_store(server: AssistantServer) -> str:
+    """A vector store someone else made, holding a file of theirs (without ragchat's
+    attributes)."""
     from openai import OpenAI
 
     client = OpenAI(api_key="sk-test", base_url=server.base_url)
@@ -116,12 +147,30 @@ def test_a_store_named_by_id_keeps_the_files_others_put_there(
         file=("handbook.txt", b"Fridays are for demos."), purpose="assistants"
     )
     client.vector_stores.files.create(store.id, file_id=theirs.id)
+    return store.id
 
-    backend = create_backend(settings_for(server, data, openai_vector_store_id=store.id))
+
+def test_a_store_named_by_id_keeps_the_files_others_put_there(
+    server: AssistantServer, data: Path
+) -> None:
+    store_id = team_store(server)
+    backend = create_backend(settings_for(server, data, openai_vector_store_id=store_id))
     (data / "otters.md").unlink()
     backend.sync()
-    assert sorted(server.store_files(store.id)) == ["handbook.txt", "herons.txt"]
+    assert sorted(server.store_files(store_id)) == ["handbook.txt", "herons.txt"]
     assert not (data.parent / "storage" / "assistant.json").exists()
+
+
+@only(OPENAI)  # the other server names results by internal ids: no name to go by
+async def test_a_file_the_app_did_not_upload_goes_by_its_file_name(
+    server: AssistantServer, data: Path
+) -> None:
+    store_id = team_store(server)
+    backend = create_backend(settings_for(server, data, openai_vector_store_id=store_id))
+    events = await collect(backend.new_chat(), "What are Fridays for?")
+    assert [(s.file_name, s.text) for s in events[-1].items] == [
+        ("handbook.txt", "Fridays are for demos.")
+    ]
 
 
 async def test_a_two_turn_conversation_streams_cites_and_continues(
@@ -130,9 +179,10 @@ async def test_a_two_turn_conversation_streams_cites_and_continues(
     chat = backend.new_chat()
     events = await collect(chat, "How do otters sleep?")
 
-    step = events[0]
-    assert isinstance(step, Step) and step.name == "Search files"
-    assert step.input == "How do otters sleep?" and "otters.md" in step.output
+    [step] = [e for e in events if isinstance(e, Step)]  # shown once, whatever repeats it
+    assert events[0] == step and step.name == "Search files"
+    assert step.input == "How do otters sleep?"
+    assert step.output.startswith("**otters.md** (score 1.00)\n\nOtters hold hands")
     tokens = [e for e in events if isinstance(e, Token)]
     assert len(tokens) > 3  # streamed, not sent whole
     assert text_of(events).startswith("From otters.md: Otters hold hands")
@@ -154,6 +204,16 @@ async def test_a_two_turn_conversation_streams_cites_and_continues(
     )
 
 
+@pytest.mark.parametrize("place", sorted(CITATION_PLACES))
+async def test_citations_count_wherever_the_server_puts_them(data: Path, place: str) -> None:
+    behaviour = replace(INDEPENDENT, name=place, citations_in=frozenset({place}))
+    with AssistantServer(behaviour) as server:
+        backend = create_backend(settings_for(server, data))
+        events = await collect(backend.new_chat(), "Do herons stand still?")
+    assert events[-1] == Sources((Source("herons.txt", HERONS, score=1.0),))
+
+
+@only(OPENAI)
 async def test_the_code_interpreter_shows_its_code_output_and_pictures(
     server: AssistantServer, data: Path
 ) -> None:
@@ -166,6 +226,41 @@ async def test_the_code_interpreter_shows_its_code_output_and_pictures(
     assert picture.url.startswith("data:image/png;base64,")
     tools = server.responses[chat.state["previous_response_id"]]["tools"]
     assert [tool["type"] for tool in tools] == ["file_search", "code_interpreter"]
+
+
+@only(INDEPENDENT)
+async def test_a_server_without_the_code_interpreter_is_asked_without_it_from_then_on(
+    server: AssistantServer, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = create_backend(settings_for(server, data, assistant_code_interpreter=True))
+    caplog.set_level(logging.INFO, logger="ragchat")
+    # The question that met the refusal is answered all the same...
+    events = await collect(backend.new_chat(), "How do otters sleep?")
+    assert text_of(events).startswith("From otters.md: Otters hold hands")
+    assert [s.file_name for s in events[-1].items] == ["otters.md"]
+    # ...and no later question offers the tool again, in this chat or another.
+    events = await collect(backend.new_chat(), "Compute how many otters hold hands")
+    assert text_of(events).startswith("From otters.md")
+    offered = [[tool["type"] for tool in asked["tools"]] for asked in server.asked]
+    assert offered == [["file_search", "code_interpreter"], ["file_search"], ["file_search"]]
+    assert [asked["include"] for asked in server.asked[1:]] == [["file_search_call.results"]] * 2
+    [said] = [r.getMessage() for r in caplog.records if "no code interpreter" in r.getMessage()]
+    assert said == (
+        f"The assistant at {server.base_url} has no code interpreter ({NO_CODE_INTERPRETER}): "
+        "questions are asked without it from now on. Set ASSISTANT_CODE_INTERPRETER=false "
+        "to stop offering it."
+    )
+
+
+@only(INDEPENDENT)
+async def test_a_refusal_that_is_not_about_the_code_interpreter_keeps_it(
+    server: AssistantServer, data: Path
+) -> None:
+    backend = create_backend(settings_for(server, data, assistant_code_interpreter=True))
+    server.failures = [Failure(status=400)]  # the retry without the tool is refused too
+    with pytest.raises(AnswerFailed, match=r"^The assistant answered with an error \(400\)"):
+        await collect(backend.new_chat(), "How do otters sleep?")
+    assert backend.code_interpreter  # nothing showed the tool was the problem
 
 
 async def test_nothing_found_means_no_sources(backend: AssistantBackend) -> None:
@@ -283,6 +378,7 @@ async def test_empty_and_huge_questions_are_refused(backend: AssistantBackend) -
             await collect(backend.new_chat(), question)
 
 
+@only(OPENAI)  # the report's terms, whatever the server; the command's start costs seconds
 def test_the_ingest_command_syncs_the_vector_store(server: AssistantServer, data: Path) -> None:
     def ingest(*args: str, base_url: str = server.base_url) -> subprocess.CompletedProcess:
         env = environ_without_settings() | {
@@ -304,11 +400,17 @@ def test_the_ingest_command_syncs_the_vector_store(server: AssistantServer, data
 
     first = ingest()
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith(f"{data}: 2 added, 0 changed, 0 removed, 0 skipped")
+    assert first.stdout.startswith(
+        f"{data}: 2 uploaded, 0 replaced, 0 removed, 0 unchanged, 0 skipped in "
+    )
     assert "Uploading files" in first.stderr  # the progress bar
-    assert ingest().stdout.startswith(f"{data}: 0 added, 0 changed, 0 removed")
+    assert ingest().stdout.startswith(
+        f"{data}: 0 uploaded, 0 replaced, 0 removed, 2 unchanged, 0 skipped in "
+    )
     rebuilt = ingest("--rebuild")
-    assert rebuilt.stdout.startswith(f"Rebuilt the index. {data}: 0 added, 2 changed")
+    assert rebuilt.stdout.startswith(
+        f"Rebuilt the index. {data}: 0 uploaded, 2 replaced, 0 removed, 0 unchanged"
+    )
     assert len(server.files) == 2
 
     with socket.socket() as probe:
@@ -331,7 +433,7 @@ def test_the_watcher_calls_the_api_only_when_the_folder_changed(
         assert not backend.sync().changed_anything
     assert len(server.requests) == before
     (data / "owls.txt").write_text("Owls turn their heads 270 degrees.")
-    assert backend.sync().added == ["owls.txt"]
+    assert backend.sync().uploaded == ["owls.txt"]
 
 
 def test_a_wrong_key_stops_the_app_at_start_with_one_line(

@@ -1,112 +1,96 @@
-"""RAG_BACKEND=assistant in real Chromium, against the OpenAI-protocol server on 127.0.0.1."""
+"""RAG_BACKEND=assistant in real Chromium, against the OpenAI-protocol server on 127.0.0.1, in
+both of its behaviours (as OpenAI does, and as an independent implementation does)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
-from .assistant_server import AssistantServer
-from .conftest import ROOT, environ_without_settings
-from .test_browser import (
-    ANSWER,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    free_port,
-    sign_in,
-    sources_of,
-    wait_until_served,
-)
+from .assistant_server import INDEPENDENT, OPENAI, AssistantServer
+from .running_app import ANSWER, CHROMIUM, CHROMIUM_ARGS, RunningApp, running_app, sign_in
+from .test_browser import sources_of
 
-PASSWORD = "a long password for the assistant test"
+OTTERS = "Otters hold hands while they sleep so they do not drift apart."
 
 
-@pytest.fixture(scope="module")
-def assistant_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+@pytest.fixture(scope="module", params=[OPENAI, INDEPENDENT], ids=lambda behaviour: behaviour.name)
+def assistant_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningApp, AssistantServer]]:
     root = tmp_path_factory.mktemp("assistant")
     (root / "data").mkdir()
-    (root / "data" / "otters.md").write_text(
-        "Otters hold hands while they sleep so they do not drift apart."
-    )
-    with AssistantServer() as server:
-        port = free_port()
-        env = environ_without_settings() | {
-            "RAG_BACKEND": "assistant",
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_BASE_URL": server.base_url,
-            "DATA_DIR": str(root / "data"),
-            "STORAGE_DIR": str(root / "storage"),
-            "DB_PATH": str(root / "database" / "auth.db"),
-            "HISTORY_DB_PATH": str(root / "database" / "history.db"),
-            "HISTORY_FILES_DIR": str(root / "database" / "history-files"),
-            "CHAINLIT_PORT": str(port),
-        }
-        env.pop("CHAINLIT_AUTH_SECRET", None)
-        subprocess.run(
-            [sys.executable, "create_password.py", "add", "reader", "--password-stdin"],
-            input=PASSWORD,
-            env=env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        log = root / "app.log"
-        with log.open("w") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "chainlit", "run", "app.py", "--headless"],
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_until_served(f"http://127.0.0.1:{port}/", process, log, timeout=300)
-            yield f"http://127.0.0.1:{port}", root
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-            (ROOT / ".files").mkdir(exist_ok=True)  # Chainlit removes it when it stops
-            (ROOT / ".files" / ".gitkeep").touch()
+    (root / "data" / "otters.md").write_text(OTTERS)
+    with (
+        AssistantServer(request.param) as server,
+        running_app(
+            root,
+            RAG_BACKEND="assistant",
+            OPENAI_API_KEY="sk-test",
+            OPENAI_BASE_URL=server.base_url,
+        ) as app,
+    ):
+        yield app, server
+
+
+def ask(page: Page, question: str) -> None:
+    answers = page.locator(ANSWER)
+    before = answers.count()
+    page.locator("#chat-input").fill(question)
+    page.keyboard.press("Enter")
+    expect(answers.nth(before)).to_contain_text("Sources:", timeout=60_000)
+
+
+def signed_in_page(browser, app: RunningApp) -> Page:
+    page = browser.new_page()
+    page.goto(app.url)
+    sign_in(page, "admin", app.admin_password)
+    expect(page.locator(ANSWER).first).to_be_visible(timeout=60_000)  # the welcome message
+    return page
 
 
 def test_a_question_streams_an_answer_with_the_cited_file(assistant_app) -> None:
-    url, root = assistant_app
+    app, _ = assistant_app
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.goto(url)
-        sign_in(page, "reader", PASSWORD)
-        expect(page.locator(ANSWER).first).to_be_visible(timeout=60_000)
-        page.locator("#chat-input").fill("How do otters sleep?")
-        page.keyboard.press("Enter")
-        answer = page.locator(ANSWER).nth(1)
-        expect(answer).to_contain_text("From otters.md: Otters hold hands", timeout=60_000)
-        expect(answer).to_contain_text("Sources:")
+        page = signed_in_page(browser, app)
+        ask(page, "How do otters sleep?")
+        answer = page.locator(ANSWER).last
+        expect(answer).to_contain_text("From otters.md: Otters hold hands")
         expect(page.get_by_text("Used Search files")).to_be_visible()
+        expect(page.get_by_role("button", name="Download PDF")).to_have_count(1)
         source = sources_of(answer)
         expect(source).to_have_text("otters.md")
         source.click()
         expect(page.locator("#side-view-content")).to_contain_text("Otters hold hands")
         browser.close()
 
-    # The assistant's conversation is kept with the thread, so a resume continues it.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with sqlite3.connect(root / "database" / "history.db") as db:
-            rows = db.execute('SELECT "metadata" FROM threads').fetchall()
-        state = [json.loads(m).get("backend_state") for (m,) in rows if m]
-        if any(state):
-            break
-        time.sleep(0.2)
-    assert [s for s in state if s][0]["previous_response_id"].startswith("resp_")
+
+def test_a_thread_reopened_from_the_sidebar_continues_the_assistants_conversation(
+    assistant_app,
+) -> None:
+    app, server = assistant_app
+    question, follow_up = "Why do otters hold hands?", "And do otters drift apart?"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        page = signed_in_page(context, app)
+        ask(page, question)
+        page.close()
+
+        page = context.new_page()  # the same signed-in browser, a new tab
+        page.goto(app.url)
+        thread = page.locator('li[id^="thread-"]').filter(has_text=question)
+        expect(thread).to_have_count(1, timeout=30_000)
+        thread.click()
+        expect(page.locator('[data-step-type="user_message"]')).to_have_text(
+            [question], timeout=30_000
+        )
+        ask(page, follow_up)
+        browser.close()
+
+    # On the server's side: the follow-up continued the response that answered the question.
+    [first] = [id_ for id_, asked in server.responses.items() if asked["input"] == question]
+    [then] = [asked for asked in server.responses.values() if asked["input"] == follow_up]
+    assert then["previous_response_id"] == first

@@ -183,6 +183,88 @@ def test_disabled_and_deleted_accounts_cannot_sign_in(store: UserStore) -> None:
         store.delete("ivy")
 
 
+def session_keys(store: UserStore) -> dict[str, str | None]:
+    with sqlite3.connect(store.path) as db:
+        return dict(db.execute("SELECT username, session_key FROM users"))
+
+
+def test_reset_and_disable_replace_the_session_key_and_nothing_else_does(
+    store: UserStore,
+) -> None:
+    first = store.add("kim", PASSWORD).session_key
+    assert first and store.session_is_current("kim", first)
+    assert store.authenticate("kim", PASSWORD, None).session_key == first  # other devices stay
+    store.set_disabled("kim", False)  # enabling an enabled account
+    assert session_keys(store)["kim"] == first
+
+    store.set_password("kim", PASSWORD + " two")
+    after_reset = session_keys(store)["kim"]
+    assert after_reset not in {first, None}
+    assert not store.session_is_current("kim", first)
+
+    store.set_disabled("kim", True)
+    assert not store.session_is_current("kim", after_reset)
+    store.set_disabled("kim", False)
+    after_enable = store.authenticate("kim", PASSWORD + " two", None).session_key
+    assert after_enable not in {first, after_reset, None}
+    assert store.session_is_current("kim", after_enable)
+
+
+def test_a_login_that_upgrades_the_hash_keeps_the_session_key(store: UserStore) -> None:
+    key = store.add("lou", PASSWORD).session_key
+    legacy = hashlib.sha256(PASSWORD.encode()).hexdigest()
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE users SET password_hash = ? WHERE username = 'lou'", (legacy,))
+    assert store.authenticate("lou", PASSWORD, None).session_key == key
+    assert stored_hash(store, "lou").startswith("$argon2id$")
+
+
+def test_a_new_account_with_an_old_name_has_a_new_session_key(store: UserStore) -> None:
+    old = store.add("max", PASSWORD).session_key
+    store.delete("max")
+    assert not store.session_is_current("max", old)
+    new = store.add("max", PASSWORD).session_key
+    assert new != old
+    assert not store.session_is_current("max", old)
+    assert store.session_is_current("max", new)
+
+
+def test_only_the_current_key_of_an_enabled_existing_account_is_current(store: UserStore) -> None:
+    key = store.add("ned", PASSWORD).session_key
+    store.add("ola", PASSWORD)
+    assert store.session_is_current("ned", key)
+    assert not store.session_is_current("ola", key)
+    assert not store.session_is_current("nobody", key)
+    assert not store.session_is_current("ned", "")
+    with sqlite3.connect(store.path) as db:  # disabled by hand, key left as it was
+        db.execute("UPDATE users SET disabled = 1 WHERE username = 'ned'")
+    assert not store.session_is_current("ned", key)
+
+
+def test_accounts_from_before_session_keys_get_one_each(tmp_path: Path) -> None:
+    path = tmp_path / "auth.db"
+    with sqlite3.connect(path) as db:  # the table as the last release left it
+        db.execute(
+            "CREATE TABLE users (username TEXT PRIMARY KEY COLLATE NOCASE, password_hash TEXT "
+            "NOT NULL, role TEXT NOT NULL DEFAULT 'user', disabled INTEGER NOT NULL DEFAULT 0, "
+            "created_at TEXT)"
+        )
+        for name in ("pam", "quinn"):
+            db.execute("INSERT INTO users (username, password_hash) VALUES (?, ?)", (name, "x"))
+    store = UserStore(path)
+    keys = session_keys(store)
+    assert None not in keys.values() and len(set(keys.values())) == 2
+    UserStore(path)  # the next start
+    assert session_keys(store) == keys
+
+    with sqlite3.connect(path) as db:  # added by hand while the app runs
+        legacy = hashlib.sha256(PASSWORD.encode()).hexdigest()
+        db.execute("INSERT INTO users (username, password_hash) VALUES ('rae', ?)", (legacy,))
+    given = store.authenticate("rae", PASSWORD, None).session_key
+    assert given is not None and session_keys(store)["rae"] == given
+    assert store.session_is_current("rae", given)
+
+
 @pytest.mark.parametrize(
     ("username", "password", "message"),
     [

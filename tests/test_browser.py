@@ -3,36 +3,24 @@ corpus gets a streamed answer with a source naming the right file."""
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, Response, expect, sync_playwright
 
-from .conftest import ROOT, environ_without_settings
+from .running_app import (  # noqa: F401  (re-exported for the other browser tests)
+    ANSWER,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RunningApp,
+    free_port,
+    running_app,
+    sign_in,
+    wait_until_served,
+)
 
-CHROMIUM = "/usr/bin/chromium"
-# Without the networking flags Chromium keeps dialling out, which this machine refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ANSWER = '[data-step-type="assistant_message"] .message-content'
 BOT_NAME = "Docs Helper"
 WELCOME = "Welcome to the test workspace: ask about the user guide."
 RECORD_ANSWER_LENGTHS = """() => {
@@ -46,91 +34,16 @@ RECORD_ANSWER_LENGTHS = """() => {
 }""" % ANSWER
 
 
-def readme_run_command() -> str:
-    """The first line of the README's first code block, without its comment."""
-    block = re.search(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert block, "the README opens with a code block of commands"
-    return block.group(1).splitlines()[0].split("#")[0].strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_served(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"the app did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-@dataclass(frozen=True)
-class RunningApp:
-    url: str
-    env: dict[str, str]
-    admin_password: str
-
-    def create_password(self, *args: str, stdin: str | None = None) -> str:
-        result = subprocess.run(
-            [sys.executable, "create_password.py", *args],
-            input=stdin, env=self.env, cwd=ROOT, capture_output=True, text=True, check=True,
-        )
-        return result.stdout
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    root = tmp_path_factory.mktemp("app")
-    port = free_port()
-    env = environ_without_settings()
-    env.pop("CHAINLIT_AUTH_SECRET", None)
-    env.update(
-        DATA_DIR=str(root / "data"),
-        STORAGE_DIR=str(root / "storage"),
-        DB_PATH=str(root / "database" / "auth.db"),
-        HISTORY_DB_PATH=str(root / "database" / "history.db"),
-        HISTORY_FILES_DIR=str(root / "database" / "history-files"),
-        CHAINLIT_PORT=str(port),
+    with running_app(
+        tmp_path_factory.mktemp("app"),
         BOT_NAME=BOT_NAME,
         WELCOME_MESSAGE=WELCOME,
         STARTERS="Which models does ragchat use?|How do I add my own documents?",
-        # The embedded default, even where the machine has an OpenAI key or a .env of its own.
-        LLM_PROVIDER="local",
-        EMBED_PROVIDER="local",
-    )
-    log = root / "app.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            shlex.split(readme_run_command()),
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # so the whole process group can be stopped
-        )
-    try:
-        # On a machine where `make test` already installed everything this takes seconds.
-        wait_until_served(f"http://127.0.0.1:{port}/", process, log, timeout=1200)
-        started = log.read_text()
-        assert "Copied the sample document ragchat-user-guide.md" in started
-        password = re.search(r'administrator "admin" with\nthe password\n\n {4}(\S+)\n', started)
-        assert password, "the first start prints the admin's password"
-        yield RunningApp(f"http://127.0.0.1:{port}", env, password.group(1))
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        # Chainlit deletes .files when it stops; put back the placeholder git keeps it by.
-        (ROOT / ".files").mkdir(exist_ok=True)
-        (ROOT / ".files" / ".gitkeep").touch()
+    ) as started:
+        assert "Copied the sample document ragchat-user-guide.md" in started.log.read_text()
+        yield started
 
 
 @pytest.fixture
@@ -141,12 +54,6 @@ def browser_page(app: RunningApp) -> Iterator[Page]:
         page.goto(app.url)
         yield page
         browser.close()
-
-
-def sign_in(page: Page, username: str, password: str) -> None:
-    page.locator("#email").fill(username)
-    page.locator("#password").fill(password)
-    page.keyboard.press("Enter")
 
 
 @pytest.fixture
@@ -186,17 +93,22 @@ def test_repeated_failures_bring_the_throttle_message(browser_page: Page) -> Non
     )
 
 
-def test_a_disabled_account_stops_at_its_next_chat(app: RunningApp, browser_page: Page) -> None:
+def test_a_disabled_account_is_signed_out_at_once(app: RunningApp, browser_page: Page) -> None:
     app.create_password("add", "bob", "--password-stdin", stdin="bob's long passphrase")
     sign_in(browser_page, "bob", "bob's long passphrase")
     expect(browser_page.locator(ANSWER).first).to_have_text(WELCOME, timeout=60_000)
 
     app.create_password("disable", "bob")
+    # The chat that is still connected refuses the next question...
+    browser_page.locator("#chat-input").fill("Which models does ragchat use?")
+    browser_page.keyboard.press("Enter")
+    expect(browser_page.get_by_text("This session has ended")).to_be_visible(timeout=60_000)
+    expect(browser_page.get_by_text("Sources:")).to_have_count(0)
+    # ...and a reload finds the session gone: the login page, which refuses bob now.
     browser_page.reload()
-    expect(browser_page.get_by_text("This account has been disabled or deleted.")).to_be_visible(
-        timeout=60_000
-    )
-    expect(browser_page.get_by_text(WELCOME)).to_have_count(0)
+    expect(browser_page.locator("#email")).to_be_visible(timeout=60_000)
+    sign_in(browser_page, "bob", "bob's long passphrase")
+    expect(browser_page.get_by_role("alert")).to_have_text("Wrong username or password.")
 
 
 def test_persona_comes_from_the_settings(page: Page) -> None:

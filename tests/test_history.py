@@ -16,7 +16,7 @@ from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.types import Feedback
 from chainlit.user import User
 
-from ragchat.backends import Turn
+from ragchat.backends import MAX_QUESTION_CHARS, Turn
 from ragchat.history import (
     SCHEMA_VERSION,
     HistoryDataLayer,
@@ -201,13 +201,18 @@ async def test_a_whole_conversation_is_written_and_read_back(layer: HistoryDataL
     assert await layer.owned_file(element["objectKey"], "bob") is None
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="chainlit#2528 and #2750: Chainlit's layer binds a step's tags list and modes dict "
+    "as they are, which SQLite refuses, and drops the step with a warning. When a Chainlit "
+    "release stores them, this passes, fails as strict, and HistoryDataLayer's JSON fix can go.",
+)
 @pytest.mark.parametrize(
     ("field", "value"), [("tags", ["question"]), ("modes", {"search": "hybrid"})]
 )
-async def test_chainlits_own_layer_loses_these_steps_on_sqlite(
-    layer: HistoryDataLayer, field: str, value: object, caplog: pytest.LogCaptureFixture
+async def test_chainlits_own_layer_stores_these_steps_on_sqlite(
+    layer: HistoryDataLayer, field: str, value: object
 ) -> None:
-    # Why the fixes exist: on the same database, Chainlit's layer drops the step with a warning.
     ids = await conversation(layer)
     plain = SQLAlchemyDataLayer(conninfo=str(layer.engine.url))
     step_id = str(uuid.uuid4())
@@ -223,8 +228,7 @@ async def test_chainlits_own_layer_loses_these_steps_on_sqlite(
         }
     )
     db = Path(str(layer.engine.url.database))
-    assert rows(db, 'SELECT * FROM steps WHERE "id" = ?', step_id) == []
-    assert "error occurred" in caplog.text
+    assert rows(db, 'SELECT "output" FROM steps WHERE "id" = ?', step_id) == [("lost",)]
 
 
 async def test_a_failed_write_is_logged_as_an_error_naming_the_statement(
@@ -340,3 +344,122 @@ async def test_a_step_updated_right_after_it_is_created_keeps_the_update(
     placeholders = ",".join("?" * len(steps))
     stored = rows(db, f'SELECT "input", "output" FROM steps WHERE "id" IN ({placeholders})', *steps)
     assert stored == [("q", "a")] * len(steps)
+
+
+def acting_as(identifier: str) -> None:
+    """Writes from here on are made for this signed-in user, as in their chat session."""
+    init_http_context(user=User(identifier=identifier))
+
+
+async def test_a_step_reusing_another_conversations_step_id_is_refused(
+    layer: HistoryDataLayer, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = await conversation(layer)
+    bob = await conversation(layer, who="bob")
+    db = Path(str(layer.engine.url.database))
+    before = rows(db, "SELECT * FROM steps ORDER BY id")
+    acting_as("bob")
+    with caplog.at_level(logging.WARNING, logger="ragchat.history"):
+        await layer.create_step(
+            {
+                "id": alice["question"],
+                "threadId": bob["thread"],
+                "name": "bob",
+                "type": "user_message",
+                "output": "secret words of bob",
+                "streaming": False,
+            }
+        )
+    assert rows(db, "SELECT * FROM steps ORDER BY id") == before
+    assert "refused a step by bob" in caplog.text and "secret words" not in caplog.text
+
+
+async def test_writes_into_another_users_thread_are_refused(layer: HistoryDataLayer) -> None:
+    alice = await conversation(layer)
+    db = Path(str(layer.engine.url.database))
+    before = {t: rows(db, f"SELECT * FROM {t} ORDER BY id") for t in ("threads", "steps")}
+    acting_as("bob")
+    await layer.update_thread(alice["thread"], name="mine now", metadata={"x": 1})
+    await layer.create_step(
+        {
+            "id": str(uuid.uuid4()),
+            "threadId": alice["thread"],
+            "name": "bob",
+            "type": "assistant_message",
+            "output": "planted",
+            "streaming": False,
+        }
+    )
+    await layer.delete_step(alice["answer"])
+    await layer.delete_thread(alice["thread"])
+    assert {t: rows(db, f"SELECT * FROM {t} ORDER BY id") for t in before} == before
+
+    acting_as("alice")  # her own writes go through
+    await layer.update_thread(alice["thread"], name="Renamed by alice")
+    assert (await layer.get_thread(alice["thread"]))["name"] == "Renamed by alice"
+
+
+async def test_elements_of_another_users_thread_are_neither_written_nor_deleted(
+    layer: HistoryDataLayer,
+) -> None:
+    alice = await conversation(layer)
+    bob = await conversation(layer, who="bob")
+    db = Path(str(layer.engine.url.database))
+    [(key,)] = rows(db, 'SELECT "objectKey" FROM elements WHERE "threadId" = ?', alice["thread"])
+    before = rows(db, "SELECT * FROM elements ORDER BY id")
+    files = sorted(layer.storage.folder.rglob("*"))
+    acting_as("bob")
+    planted = cl.Text(
+        name="note", content="planted", for_id=alice["question"], thread_id=alice["thread"]
+    )
+    await layer.create_element(planted)
+    moved = cl.Text(name="note", content="moved", for_id=bob["answer"], thread_id=bob["thread"])
+    moved.id = alice["element"].id
+    await layer.create_element(moved)
+    await layer.delete_element(alice["element"].id, bob["thread"])
+    assert rows(db, "SELECT * FROM elements ORDER BY id") == before
+    assert sorted(layer.storage.folder.rglob("*")) == files
+    assert layer.storage.path_of(key).read_text() == "Markdown (.md), PDF, Word"
+
+    await layer.delete_element(bob["element"].id)  # his own goes
+    assert rows(db, 'SELECT * FROM elements WHERE "id" = ?', bob["element"].id) == []
+
+
+async def test_an_unknown_threads_author_is_none(layer: HistoryDataLayer) -> None:
+    alice = await conversation(layer)
+    assert await layer.get_thread_author(alice["thread"]) == "alice"
+    assert await layer.get_thread_author(str(uuid.uuid4())) is None
+
+
+async def test_a_message_over_the_question_limit_is_stored_cut(layer: HistoryDataLayer) -> None:
+    alice = await conversation(layer)
+    acting_as("alice")
+    long, exact = "word " * 180_000, "w" * MAX_QUESTION_CHARS
+    ids = {name: str(uuid.uuid4()) for name in ("long", "run", "exact", "answer")}
+    for name, type_, field, text in [
+        ("long", "user_message", "output", long),
+        ("run", "run", "input", long),  # Chainlit copies the message into its on_message step
+        ("exact", "user_message", "output", exact),
+        ("answer", "assistant_message", "output", long),  # the app's own, not the user's
+    ]:
+        await layer.create_step(
+            {
+                "id": ids[name],
+                "threadId": alice["thread"],
+                "name": name,
+                "type": type_,
+                field: text,
+                "streaming": False,
+            }
+        )
+    db = Path(str(layer.engine.url.database))
+
+    def stored(name: str, field: str) -> str:
+        return rows(db, f'SELECT "{field}" FROM steps WHERE "id" = ?', ids[name])[0][0]
+
+    for name, field in [("long", "output"), ("run", "input")]:
+        assert stored(name, field) == long[:MAX_QUESTION_CHARS] + (
+            "\n\n[cut here: the message was 900,000 characters long]"
+        )
+    assert stored("exact", "output") == exact
+    assert stored("answer", "output") == long

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -336,3 +340,151 @@ def test_a_large_index_is_searched_through_a_vector_index_with_the_same_results(
     write_many(data, 10, start=85)  # more than REINDEX_SHARE: rebuilt
     library.sync()
     assert library.store.table.index_stats(VECTOR_INDEX).num_unindexed_rows == 0
+
+
+# --- zip bombs: a .docx is a zip archive, and the reader unzips its parts whole into memory ---
+
+DOCUMENT_XML = (
+    '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
+    '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+    "<w:body>{}</w:body></w:document>"
+)
+CONTENT_TYPES = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="xml" ContentType="application/xml"/></Types>'
+)
+
+
+def docx_bomb(unzipped_mb: int = 60) -> bytes:
+    """A valid Word document whose text is `unzipped_mb` MB of laughter, zipped to ~60 KB."""
+    body = "<w:p><w:r><w:t>" + "ha" * (unzipped_mb * 1024 * 1024 // 2) + "</w:t></w:r></w:p>"
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zipped:
+        zipped.writestr("[Content_Types].xml", CONTENT_TYPES)
+        zipped.writestr("word/document.xml", DOCUMENT_XML.format(body))
+    return archive.getvalue()
+
+
+def lying_docx(text: str, hidden_mb: int = 200) -> bytes:
+    """A Word document whose word/document.xml declares the size (and CRC) of a short valid
+    document but whose compressed data goes on for `hidden_mb` MB more: zipfile hands out only
+    the declared bytes, yet ZipFile.read decompresses all of them to get there."""
+    document = DOCUMENT_XML.format(f"<w:p><w:r><w:t>{text}</w:t></w:r></w:p>").encode()
+    squeeze = zlib.compressobj(6, zlib.DEFLATED, -15)  # raw deflate, as in a zip archive
+    zeros = bytes(1 << 20)
+    data = squeeze.compress(document) + b"".join(squeeze.compress(zeros) for _ in range(hidden_mb))
+    data += squeeze.flush()
+    members = [
+        ("[Content_Types].xml", CONTENT_TYPES.encode(), None),
+        ("word/document.xml", document, data),
+    ]
+    local, central = b"", b""
+    for name, content, deflated in members:
+        raw = name.encode()
+        deflated = deflated if deflated is not None else _deflate(content)
+        sizes = (zlib.crc32(content), len(deflated), len(content), len(raw))
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, *sizes, 0, 0, 0, 0,
+                               0, len(local)) + raw
+        local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, *sizes, 0) + raw
+        local += deflated
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 2, 2, len(central), len(local), 0)
+    return local + central + end
+
+
+def _deflate(content: bytes) -> bytes:
+    squeeze = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return squeeze.compress(content) + squeeze.flush()
+
+
+@pytest.fixture
+def docx_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the Word documents handed to the reader (docx2txt) from now on."""
+    import docx2txt
+
+    reads: list[str] = []
+    real_process = docx2txt.process
+
+    def process(docx, *args, **kwargs):
+        reads.append(Path(docx).name)
+        if "bomb" in Path(docx).name:  # the test fails quickly instead of unzipping 60 MB
+            raise AssertionError("the zip bomb reached the reader")
+        return real_process(docx, *args, **kwargs)
+
+    monkeypatch.setattr(docx2txt, "process", process)
+    return reads
+
+
+def test_a_docx_zip_bomb_in_data_dir_is_refused_before_it_is_read(
+    library: Library, folders, docx_reads: list[str]
+) -> None:
+    data, _ = folders
+    (data / "letter.docx").write_bytes(files.docx("The tenant pays the water bill"))
+    library.sync()
+    bomb = docx_bomb()
+    assert len(bomb) < 100 * 1024
+    (data / "bomb.docx").write_bytes(bomb)
+    (data / "memo.docx").write_bytes(files.docx("The landlord fixes the roof"))
+    started = time.monotonic()
+    report = library.sync()
+    assert time.monotonic() - started < 5
+    assert report.skipped == {
+        "bomb.docx": "it unzips to 60.0 MB, more than the 50 MB a document may unzip to "
+        "(UNZIPPED_MAX_MB); split it into smaller documents, or ask the administrator to "
+        "raise UNZIPPED_MAX_MB"
+    }
+    assert report.added == ["memo.docx"]
+    assert docx_reads == ["letter.docx", "memo.docx"]  # the bomb never reached the reader
+    assert files_in_index(library) == {"seed.md", "letter.docx", "memo.docx"}
+    assert search(library, "Who pays for water?")[0][0] == "letter.docx"
+
+
+def test_a_docx_zip_bomb_upload_is_refused_and_not_kept(
+    library: Library, folders, tmp_path: Path, docx_reads: list[str]
+) -> None:
+    data, _ = folders
+    library.sync()
+    upload = tmp_path / "upload"
+    upload.write_bytes(docx_bomb())
+    started = time.monotonic()
+    outcome = add_upload(library, upload, "bomb.docx")
+    assert time.monotonic() - started < 5
+    assert outcome.summary().startswith(
+        "bomb.docx was not added: it unzips to 60.0 MB, more than the 50 MB a document may unzip to"
+    )
+    assert docx_reads == []
+    assert sorted(p.name for p in data.iterdir()) == ["seed.md"]
+    assert files_in_index(library) == {"seed.md"}
+
+
+def test_a_docx_hiding_data_past_its_declared_sizes_is_refused(
+    library: Library, folders, docx_reads: list[str]
+) -> None:
+    data, _ = folders
+    library.sync()
+    lying = lying_docx("The tenant pays the water bill")
+    assert len(lying) < 1024 * 1024
+    (data / "lying.docx").write_bytes(lying)
+    (data / "honest.docx").write_bytes(files.docx("The landlord fixes the roof"))
+    started = time.monotonic()
+    report = library.sync()
+    assert time.monotonic() - started < 5
+    assert report.skipped == {
+        "lying.docx": "it could not be read as a Word document (word/document.xml is not the "
+        "size the archive says; save it again)"
+    }
+    assert docx_reads == ["honest.docx"]
+    assert files_in_index(library) == {"seed.md", "honest.docx"}
+
+
+def test_the_unzipped_limit_is_a_setting(folders, embed_model) -> None:
+    data, storage = folders
+    settings = load_settings(
+        _env_file=None, data_dir=data, storage_dir=storage, unzipped_max_mb=1
+    )
+    library = Library(settings, embed_model)
+    (data / "small.docx").write_bytes(files.docx("The tenant pays the water bill"))
+    (data / "two-mb.docx").write_bytes(docx_bomb(unzipped_mb=2))
+    report = library.sync()
+    assert sorted(report.added) == ["seed.md", "small.docx"]
+    assert report.skipped["two-mb.docx"].startswith("it unzips to 2.0 MB, more than the 1 MB")

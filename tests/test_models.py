@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -124,10 +123,9 @@ async def test_stopping_a_stream_frees_the_model_for_the_next_answer(
     async for _ in stream:
         break
     await stream.aclose()
-    started = time.monotonic()
+    # A stream that kept the model would make this wait forever; wait_for fails it instead.
     reply = await asyncio.wait_for(local_llm.acomplete("Say hi."), timeout=60)
     assert reply.text.strip()
-    assert time.monotonic() - started < 60
 
 
 def test_missing_local_model_packages_say_how_to_fix_it(

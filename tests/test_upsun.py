@@ -12,7 +12,7 @@ import yaml
 
 from .conftest import ROOT
 
-SCHEMA = ROOT.parent / "shared" / "upsun" / "upsun.schema.json"
+SCHEMA = ROOT / "tests" / "data" / "upsun" / "upsun.schema.json"
 TOP_LEVEL = {"applications", "routes", "services"}
 
 

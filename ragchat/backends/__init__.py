@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from ragchat.config import Settings
 
+# No backend answers a longer question, and the history keeps no more of one.
+MAX_QUESTION_CHARS = 20_000
+
 if TYPE_CHECKING:
     from ragchat.ingest import SyncReport, UploadOutcome
 
@@ -74,6 +77,32 @@ class AnswerFailed(Exception):
         self.partial = partial
 
 
+# What the chat settings panel offers; the browser's values are checked against them.
+MODES = ("vector", "lexical", "hybrid")
+TOP_K_MIN, TOP_K_MAX = 1, 12
+
+
+class SettingsRejected(ValueError):
+    """Chat settings outside what the panel offers; the message says what is allowed."""
+
+
+def checked_settings(top_k: object, mode: object) -> tuple[int, str]:
+    """top_k and mode as the settings panel offers them: they come from the browser (or from a
+    conversation's metadata, which the browser wrote)."""
+    number = isinstance(top_k, int | float) and not isinstance(top_k, bool)
+    if not (number and TOP_K_MIN <= top_k <= TOP_K_MAX and top_k == int(top_k)):  # NaN fails
+        raise SettingsRejected(
+            f"Passages per answer must be a whole number from {TOP_K_MIN} to {TOP_K_MAX}, not "
+            f"{str(top_k)[:20]}; the settings were left as they were."
+        )
+    if mode not in MODES:
+        raise SettingsRejected(
+            f"The search mode must be one of {', '.join(MODES)}, not {str(mode)[:20]}; the "
+            "settings were left as they were."
+        )
+    return int(top_k), mode
+
+
 @dataclass(frozen=True)
 class Turn:
     role: Literal["user", "assistant"]
@@ -91,8 +120,9 @@ class Chat(Protocol):
 
     def ask(self, question: str) -> AsyncIterator[Event]: ...
 
-    def configure(self, top_k: int, mode: str) -> None:
-        """How many passages to retrieve, and how (vector, lexical or hybrid), from now on."""
+    def configure(self, top_k: object, mode: object) -> None:
+        """How many passages to retrieve, and how (vector, lexical or hybrid), from now on;
+        SettingsRejected (and nothing changed) for values checked_settings refuses."""
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         """Check, store and index a file uploaded in the chat."""

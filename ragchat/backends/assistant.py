@@ -5,6 +5,12 @@ carries its path and SHA-256 as attributes, so a restart uploads only what chang
 someone else put in a store given by OPENAI_VECTOR_STORE_ID are left alone. A conversation
 continues through `previous_response_id`; files uploaded in a chat go into a vector store of
 that chat only, searched together with the shared one.
+
+Servers other than OpenAI's speak the same protocol with differences, so the stream is read
+wherever a server puts things: citations come from the streamed annotation events, the finished
+content part or output item, or the completed response; a file is named by the path the app
+stored with it, not by the server's `filename`, which may be an internal document id; and a
+server without the code interpreter is asked without it once it has refused it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,6 +29,7 @@ from openai import AsyncOpenAI, OpenAI
 from tqdm import tqdm
 
 from ragchat.backends import (
+    MAX_QUESTION_CHARS,
     AnswerFailed,
     Event,
     Image,
@@ -31,15 +39,42 @@ from ragchat.backends import (
     Step,
     Token,
     Turn,
+    checked_settings,
 )
 from ragchat.config import ConfigError, Settings
-from ragchat.ingest import SyncReport, UploadOutcome, refusal, safe_file_name, scan_folder
+from ragchat.ingest import UploadOutcome, refusal, safe_file_name, scan_folder
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "assistant.json"  # in STORAGE_DIR: the id of the vector store the app made
-MAX_QUESTION_CHARS = 20_000
 BROKEN_STREAM = "The answer stopped because the connection to the assistant broke. Try again."
+
+
+@dataclass
+class StoreSyncReport:
+    """What a sync did to the vector store, counted in files (the store chunks them itself);
+    the same interface as the local index's SyncReport."""
+
+    uploaded: list[str] = field(default_factory=list)  # new files
+    replaced: list[str] = field(default_factory=list)  # changed files (every file on rebuild)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    rebuilt: bool = False
+
+    @property
+    def changed_anything(self) -> bool:
+        return bool(self.uploaded or self.replaced or self.removed)
+
+    def summary(self) -> str:
+        lines = [
+            f"{len(self.uploaded)} uploaded, {len(self.replaced)} replaced, "
+            f"{len(self.removed)} removed, {len(self.unchanged)} unchanged, "
+            f"{len(self.skipped)} skipped in {self.seconds:.1f} s"
+        ]
+        lines += [f"  skipped {name}: {reason}" for name, reason in sorted(self.skipped.items())]
+        return "\n".join(lines)
 
 
 class AssistantBackend:
@@ -48,8 +83,11 @@ class AssistantBackend:
         self.client = client
         self.aclient = aclient
         self.store_id = store_id
+        # Offered until the server refuses it (not every server has one).
+        self.code_interpreter = settings.assistant_code_interpreter
         self._hashes: dict = {}  # path -> (stat, sha256), so unchanged files are not read again
         self._synced: dict = {}  # DATA_DIR as it was at the last complete sync
+        self._skipped: dict = {}  # ...and the files it skipped, with the reason
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AssistantBackend:
@@ -61,8 +99,9 @@ class AssistantBackend:
                 f"the assistant backend could not start: {describe_failure(error, settings)}"
             ) from None
         log.info(
-            "Assistant: %s with file_search over vector store %s",
+            "Assistant: %s with file_search%s over vector store %s",
             settings.openai_model,
+            " and the code interpreter" if backend.code_interpreter else "",
             backend.store_id,
         )
         log.info("Documents in %s: %s", settings.data_dir, report.summary())
@@ -82,11 +121,11 @@ class AssistantBackend:
 
     # knowledge
 
-    def sync(self, rebuild: bool = False, progress: bool = False) -> SyncReport:
+    def sync(self, rebuild: bool = False, progress: bool = False) -> StoreSyncReport:
         """Upload new and changed files of DATA_DIR to the vector store, remove deleted ones
         (`rebuild`: upload every file again)."""
         started = time.monotonic()
-        report = SyncReport()
+        report = StoreSyncReport(rebuilt=rebuild)
         if not self.settings.data_dir.is_dir():
             # An unmounted or mistyped folder is not "every document was deleted".
             log.warning(
@@ -96,7 +135,10 @@ class AssistantBackend:
         on_disk = dict(scan_folder(self.settings.data_dir))
         self._hashes = {name: known for name, known in self._hashes.items() if name in on_disk}
         if on_disk == self._synced and not rebuild:
-            return report  # the watcher's common case: no API call while nothing changed
+            # The watcher's common case: no API call while nothing changed.
+            report.skipped = dict(self._skipped)
+            report.unchanged = sorted(set(on_disk) - set(self._skipped))
+            return report
         ours = {}  # path -> (file id, sha256) of the files this app put in the store
         for item in self.client.vector_stores.files.list(self.store_id):
             attributes = item.attributes or {}
@@ -106,7 +148,7 @@ class AssistantBackend:
             self._remove(ours[name][0])
             report.removed.append(name)
         pending = []
-        for name, stat in on_disk.items():
+        for name, stat in sorted(on_disk.items()):
             path = self.settings.data_dir / name
             if problem := refusal(path.suffix.lower(), stat.size):
                 report.skipped[name] = problem
@@ -116,21 +158,23 @@ class AssistantBackend:
             sha = self._hashes[name][1]
             if rebuild or ours.get(name, (None, None))[1] != sha:
                 pending.append((name, path, sha))
+            else:
+                report.unchanged.append(name)
         for name, path, sha in tqdm(
             pending, desc="Uploading files", unit="file", disable=not progress
         ):
             try:
                 self._upload(self.store_id, path, name, sha)
             except openai.BadRequestError as refused:  # this file only; the others go on
-                report.skipped[name] = f"the assistant refused it: {refused.message}"
+                report.skipped[name] = f"the assistant refused it: {server_message(refused)}"
                 log.warning("Skipped %s: %s", name, report.skipped[name])
                 continue
             if name in ours:
                 self._remove(ours[name][0])
-            (report.changed if name in ours else report.added).append(name)
+            (report.replaced if name in ours else report.uploaded).append(name)
         self._synced = on_disk  # a refused file is tried again once it changes
+        self._skipped = dict(report.skipped)
         report.seconds = time.monotonic() - started
-        report.rebuilt = rebuild
         return report
 
     def _upload(self, store_id: str, path: Path, name: str, sha: str) -> str:
@@ -151,6 +195,18 @@ class AssistantBackend:
     def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> AssistantChat:
         return AssistantChat(self, dict(state or {}))
 
+    def drop_code_interpreter(self, refused: openai.BadRequestError) -> None:
+        """The server refused a request only because it offered the code interpreter: say so
+        once, and offer it no more."""
+        if self.code_interpreter:
+            self.code_interpreter = False
+            log.warning(
+                "The assistant at %s has no code interpreter (%s): questions are asked without "
+                "it from now on. Set ASSISTANT_CODE_INTERPRETER=false to stop offering it.",
+                self.settings.openai_base_url or "OpenAI",
+                server_message(refused),
+            )
+
 
 class AssistantChat:
     uploads_shared = False  # an upload joins this conversation's own vector store
@@ -161,8 +217,8 @@ class AssistantChat:
         self.top_k = backend.settings.top_k
         self.mode = "hybrid"  # OpenAI's file_search combines meaning and words itself
 
-    def configure(self, top_k: int, mode: str) -> None:
-        self.top_k = top_k
+    def configure(self, top_k: object, mode: object) -> None:
+        self.top_k, _ = checked_settings(top_k, mode)  # file_search has one mode, see __init__
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         name = safe_file_name(original_name)
@@ -188,6 +244,39 @@ class AssistantChat:
                 f"The message is {len(question):,} characters long; the assistant takes at most "
                 f"{MAX_QUESTION_CHARS:,}. Shorten it, or ask about one part at a time."
             )
+        reader = _ResponseReader()
+        try:
+            stream = await self._open(question)
+            async for event in stream:
+                for shown in reader.read(event):
+                    yield shown
+        except (openai.OpenAIError, httpx.HTTPError) as error:
+            # Anything else is a bug here, for the app's own handler to log.
+            raise AnswerFailed(
+                describe_failure(error, self._backend.settings), partial=reader.written
+            ) from error
+        if reader.response_id is None:  # the stream ended early: a proxy or the network cut it
+            raise AnswerFailed(BROKEN_STREAM, partial=reader.written)
+        self.state["previous_response_id"] = reader.response_id
+        if sources := reader.sources():
+            yield Sources(sources)
+
+    async def _open(self, question: str) -> openai.AsyncStream:
+        """The response's event stream. A server without the code interpreter refuses a request
+        that offers it: the question is asked again without it, and if that is answered, the
+        tool was the reason and is offered no more."""
+        backend = self._backend
+        offered = backend.code_interpreter
+        try:
+            return await backend.aclient.responses.create(**self._request(question, offered))
+        except openai.BadRequestError as refused:
+            if not offered:
+                raise
+            stream = await backend.aclient.responses.create(**self._request(question, False))
+            backend.drop_code_interpreter(refused)
+            return stream
+
+    def _request(self, question: str, code_interpreter: bool) -> dict:
         settings = self._backend.settings
         stores = [self._backend.store_id] + (
             [self.state["vector_store_id"]] if "vector_store_id" in self.state else []
@@ -196,7 +285,7 @@ class AssistantChat:
             {"type": "file_search", "vector_store_ids": stores, "max_num_results": self.top_k}
         ]
         include = ["file_search_call.results"]
-        if settings.assistant_code_interpreter:
+        if code_interpreter:
             tools.append({"type": "code_interpreter", "container": {"type": "auto"}})
             include.append("code_interpreter_call.outputs")
         request = dict(
@@ -210,52 +299,81 @@ class AssistantChat:
         )
         if previous := self.state.get("previous_response_id"):
             request["previous_response_id"] = previous
-        written = completed = False
-        results: dict[str, list[Source]] = {}  # file id -> passages found
-        cited: list[tuple[str, str]] = []  # (file id, file name) in citation order
-        try:
-            stream = await self._backend.aclient.responses.create(**request)
-            async for event in stream:
-                match event.type:
-                    case "response.output_item.done" if event.item.type == "file_search_call":
-                        call = event.item
-                        for result in call.results or []:
-                            results.setdefault(result.file_id, []).append(_source(result))
-                        yield Step(
-                            "Search files", "\n".join(call.queries), _found(call.results or [])
-                        )
-                    case "response.output_item.done" if event.item.type == "code_interpreter_call":
-                        outputs = event.item.outputs or []
-                        logs = "\n".join(o.logs for o in outputs if o.type == "logs")
-                        yield Step("Run code", event.item.code or "", logs or "(no output)", "tool")
-                        images = [o.url for o in outputs if o.type == "image"]
-                        for number, url in enumerate(images, 1):
-                            yield Image(f"figure {number}", url)
-                    case "response.output_text.delta":
-                        written = True
-                        yield Token(event.delta)
-                    case "response.output_text.annotation.added":
-                        annotation = _as_dict(event.annotation)
-                        if annotation.get("type") == "file_citation":
-                            cited.append((annotation["file_id"], annotation.get("filename", "")))
-                    case "response.completed":
-                        self.state["previous_response_id"] = event.response.id
-                        completed = True
-                    case "response.failed" | "error":
-                        raise AnswerFailed(
-                            "The assistant could not finish the answer. Try again.", partial=written
-                        )
-        except (openai.OpenAIError, httpx.HTTPError) as error:
-            # Anything else is a bug here, for the app's own handler to log.
-            raise AnswerFailed(describe_failure(error, settings), partial=written) from error
-        if not completed:  # the stream ended early: a proxy or the network cut it
-            raise AnswerFailed(BROKEN_STREAM, partial=written)
-        sources = []
-        for file_id, file_name in dict.fromkeys(cited):
-            passages = results.get(file_id) or [Source(file_name or file_id, "")]
-            sources += [Source(file_name or p.file_name, p.text, score=p.score) for p in passages]
-        if sources:
-            yield Sources(tuple(sources))
+        return request
+
+
+class _ResponseReader:
+    """The chat's events from one streamed response, wherever the server put what they show.
+
+    Servers differ: OpenAI streams each citation as an annotation event and repeats it in the
+    finished content part, output item and response; others give it only in some of those.
+    Every place is read, and each tool call and each cited file counts once."""
+
+    def __init__(self) -> None:
+        self.written = False  # some of the answer was streamed
+        self.response_id: str | None = None  # set when the response completed
+        self._passages: dict[str, list[Source]] = {}  # file id -> passages the search found
+        self._cited: dict[str, str] = {}  # file id -> its name in the citation, in order
+        self._shown: set[str] = set()  # the tool calls already shown as steps
+
+    def read(self, event) -> Iterator[Event]:
+        match event.type:
+            case "response.output_text.delta":
+                self.written = True
+                yield Token(event.delta)
+            case "response.output_text.annotation.added":
+                self._cite(event.annotation)
+            case "response.content_part.done":
+                self._cite_part(event.part)
+            case "response.output_item.done":
+                yield from self._item(event.item)
+            case "response.completed":
+                for item in event.response.output or []:
+                    yield from self._item(item)
+                self.response_id = event.response.id
+            case "response.failed" | "error":
+                raise AnswerFailed(
+                    "The assistant could not finish the answer. Try again.", partial=self.written
+                )
+
+    def sources(self) -> tuple[Source, ...]:
+        """The passages of each cited file (or the file alone, if the search did not show it)."""
+        found: list[Source] = []
+        for file_id, name in self._cited.items():
+            found += self._passages.get(file_id) or [Source(name or file_id, "")]
+        return tuple(found)
+
+    def _item(self, item) -> Iterator[Event]:
+        if item.type == "message":
+            for part in getattr(item, "content", None) or []:
+                self._cite_part(part)
+            return
+        key = getattr(item, "id", None) or item.model_dump_json()
+        if key in self._shown:
+            return
+        if item.type == "file_search_call":
+            self._shown.add(key)
+            results = item.results or []
+            for result in results:
+                self._passages.setdefault(result.file_id, []).append(_source(result))
+            yield Step("Search files", "\n".join(item.queries or []), _found(results))
+        elif item.type == "code_interpreter_call":
+            self._shown.add(key)
+            outputs = item.outputs or []
+            logs = "\n".join(o.logs for o in outputs if o.type == "logs")
+            yield Step("Run code", item.code or "", logs or "(no output)", "tool")
+            images = [o.url for o in outputs if o.type == "image"]
+            for number, url in enumerate(images, 1):
+                yield Image(f"figure {number}", url)
+
+    def _cite_part(self, part) -> None:
+        for annotation in getattr(part, "annotations", None) or []:
+            self._cite(annotation)
+
+    def _cite(self, annotation: object) -> None:
+        annotation = _as_dict(annotation)
+        if annotation.get("type") == "file_citation" and annotation.get("file_id"):
+            self._cited.setdefault(annotation["file_id"], annotation.get("filename") or "")
 
 
 def describe_failure(error: Exception, settings: Settings) -> str:
@@ -289,10 +407,23 @@ def describe_failure(error: Exception, settings: Settings) -> str:
     return BROKEN_STREAM
 
 
+def server_message(error: openai.APIStatusError) -> str:
+    """What the server said, without the client's "Error code: 400 - {...}" around it."""
+    body = error.body
+    said = (body.get("message") or body.get("detail")) if isinstance(body, dict) else None
+    return said if isinstance(said, str) else error.message
+
+
 def _source(result) -> Source:
+    return Source(_file_name(result), result.text or "", score=result.score)
+
+
+def _file_name(result) -> str:
+    """The file's name as its owner knows it. A file the app put in a store carries its path as
+    an attribute, which is its real name whatever the server calls it: some servers give an
+    internal document id as the result's `filename`. Other files go by that `filename`."""
     attributes = result.attributes or {}
-    name = result.filename or str(attributes.get("ragchat_path") or result.file_id)
-    return Source(Path(name).name, result.text or "", score=result.score)
+    return Path(str(attributes.get("ragchat_path") or result.filename or result.file_id)).name
 
 
 def _found(results) -> str:

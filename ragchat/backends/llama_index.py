@@ -16,7 +16,16 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.response_synthesizers import CompactAndRefine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from ragchat.backends import Event, QuestionRejected, Source, Sources, Step, Token, Turn
+from ragchat.backends import (
+    Event,
+    QuestionRejected,
+    Source,
+    Sources,
+    Step,
+    Token,
+    Turn,
+    checked_settings,
+)
 from ragchat.config import Settings
 from ragchat.ingest import Library, SyncReport, UploadOutcome, add_upload
 from ragchat.models import build_embed_model, build_llm, embed_name, llm_name
@@ -160,9 +169,9 @@ class LlamaIndexChat:
         self.top_k = backend._settings.top_k
         self.mode: Mode = backend._settings.retrieval_mode
 
-    def configure(self, top_k: int, mode: Mode) -> None:
+    def configure(self, top_k: object, mode: object) -> None:
         """Retrieve differently from the next question on (the chat settings panel)."""
-        self.top_k, self.mode = top_k, mode
+        self.top_k, self.mode = checked_settings(top_k, mode)
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         return self._backend.add_upload(source, original_name)

@@ -1,0 +1,141 @@
+"""The app as a user starts it: the README's first command, in a process of its own, served on
+a free port of 127.0.0.1, and Chromium to talk to it.
+
+Each app gets an app root of its own (CHAINLIT_APP_ROOT, holding a copy of `.chainlit/` and
+`chainlit.md`): Chainlit keeps uploads in `<app root>/.files` and deletes that folder when it
+stops, so apps that shared the repository's would delete each other's uploads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page
+
+from .conftest import ROOT, environ_without_settings
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the networking flags Chromium keeps dialling out, which this machine refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ANSWER = '[data-step-type="assistant_message"] .message-content'
+
+
+def readme_run_command() -> str:
+    """The first line of the README's first code block, without its comment."""
+    block = re.search(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "the README opens with a code block of commands"
+    return block.group(1).splitlines()[0].split("#")[0].strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_served(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"the app did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    env: dict[str, str]
+    admin_password: str
+    log: Path
+
+    def create_password(self, *args: str, stdin: str | None = None) -> str:
+        result = subprocess.run(
+            [sys.executable, "create_password.py", *args],
+            input=stdin, env=self.env, cwd=ROOT, capture_output=True, text=True, check=True,
+        )
+        return result.stdout
+
+
+def app_environment(root: Path, port: int, **settings: str) -> dict[str, str]:
+    """A fresh installation under `root` on the embedded default models, plus `settings`."""
+    app_root = root / "app-root"
+    app_root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / ".chainlit", app_root / ".chainlit", dirs_exist_ok=True)
+    shutil.copy(ROOT / "chainlit.md", app_root)
+    env = environ_without_settings()
+    env.pop("CHAINLIT_AUTH_SECRET", None)
+    env.update(
+        CHAINLIT_APP_ROOT=str(app_root),
+        CHAINLIT_PORT=str(port),
+        DATA_DIR=str(root / "data"),
+        STORAGE_DIR=str(root / "storage"),
+        DB_PATH=str(root / "database" / "auth.db"),
+        HISTORY_DB_PATH=str(root / "database" / "history.db"),
+        HISTORY_FILES_DIR=str(root / "database" / "history-files"),
+        # The embedded default, even where the machine has an OpenAI key or a .env of its own.
+        LLM_PROVIDER="local",
+        EMBED_PROVIDER="local",
+    )
+    env.update(settings)
+    return env
+
+
+@contextmanager
+def running_app(root: Path, **settings: str) -> Iterator[RunningApp]:
+    """The README's run command with the settings given, until the block ends."""
+    port = free_port()
+    env = app_environment(root, port, **settings)
+    log = root / "app.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            shlex.split(readme_run_command()),
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # so the whole process group can be stopped
+        )
+    try:
+        # On a machine where `make test` already installed everything this takes seconds.
+        wait_until_served(f"http://127.0.0.1:{port}/", process, log, timeout=1200)
+        started = log.read_text()
+        password = re.search(r'administrator "admin" with\nthe password\n\n {4}(\S+)\n', started)
+        assert password, "the first start prints the admin's password"
+        yield RunningApp(f"http://127.0.0.1:{port}", env, password.group(1), log)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def sign_in(page: Page, username: str, password: str) -> None:
+    page.locator("#email").fill(username)
+    page.locator("#password").fill(password)
+    page.keyboard.press("Enter")

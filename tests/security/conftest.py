@@ -1,0 +1,54 @@
+"""One running app shared by the attack tests, with three accounts.
+
+Each attack test works on accounts and conversations of its own making when it changes them
+(disables, deletes, resets), so the tests can run in any order against the same app. Tests
+that need other settings (a trusted proxy, say) start an app of their own with `running_app`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from ..running_app import RunningApp, running_app
+
+ALICE = ("alice", "alice's long passphrase")
+BOB = ("bob", "bob's long passphrase")  # an ordinary user, the usual attacker
+CAROL = ("carol", "carol's long admin passphrase")  # an admin: no backdoor for them either
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    with running_app(tmp_path_factory.mktemp("security")) as started:
+        started.create_password("add", ALICE[0], "--password-stdin", stdin=ALICE[1])
+        started.create_password("add", BOB[0], "--password-stdin", stdin=BOB[1])
+        started.create_password("add", CAROL[0], "--admin", "--password-stdin", stdin=CAROL[1])
+        yield started
+
+
+@contextmanager
+def signed_in(app: RunningApp, username: str, password: str) -> Iterator[httpx.Client]:
+    """An HTTP client holding the user's session cookie, as a browser would."""
+    with httpx.Client(base_url=app.url, timeout=30) as client:
+        response = client.post("/login", data={"username": username, "password": password})
+        assert response.status_code == 200, response.text
+        yield client
+
+
+def history_rows(app: RunningApp, query: str, *args: object) -> list[dict]:
+    with sqlite3.connect(app.env["HISTORY_DB_PATH"]) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute(query, args)]
+
+
+def stored_rows(app: RunningApp, query: str, *args: object, timeout: float = 10) -> list[dict]:
+    """Rows once they are there: Chainlit writes a message just after showing it."""
+    deadline = time.monotonic() + timeout
+    while not (rows := history_rows(app, query, *args)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return rows
