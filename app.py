@@ -11,7 +11,6 @@ from chainlit.server import app as chainlit_server
 from chainlit.types import ThreadDict
 
 from ragchat.backends import (
-    TOP_K_MAX,
     TOP_K_MIN,
     AnswerFailed,
     Image,
@@ -137,7 +136,7 @@ async def send_settings_panel(chat) -> None:
                 label="Passages per answer",
                 initial=chat.top_k,
                 min=TOP_K_MIN,
-                max=TOP_K_MAX,
+                max=chat.top_k_max,
                 step=1,
             ),
         ]

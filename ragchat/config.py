@@ -33,6 +33,8 @@ class ConfigError(Exception):
 
 
 Provider = Literal["auto", "local", "openai"]
+# Tokens of the context window a question needs at least, beside the passages and the answer.
+QUESTION_ROOM_MIN = 256
 
 
 class Settings(BaseSettings):
@@ -214,12 +216,12 @@ class Settings(BaseSettings):
                 f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
                 f"CHUNK_SIZE ({self.chunk_size})"
             )
-        if self.prompt_room < 256:
+        if self.prompt_room < QUESTION_ROOM_MIN:
             raise ValueError(
                 f"LLM_CONTEXT_WINDOW ({self.llm_context_window}) leaves no room for the question: "
                 f"TOP_K ({self.top_k}) passages of CHUNK_SIZE ({self.chunk_size}) tokens and an "
                 f"answer of LLM_MAX_TOKENS ({self.llm_max_tokens}) need about "
-                f"{self.llm_context_window - self.prompt_room + 256}; raise LLM_CONTEXT_WINDOW "
+                f"{self.llm_context_window - self.prompt_room + QUESTION_ROOM_MIN}; raise LLM_CONTEXT_WINDOW "
                 "or lower the others"
             )
         if self.openai_api_key is None and self.rag_backend == "assistant":
@@ -236,10 +238,19 @@ class Settings(BaseSettings):
 
     @property
     def prompt_room(self) -> int:
-        """Tokens of the context window left for the question and the conversation once the
-        passages and the answer have theirs (passages counted double: they are measured in the
-        embedding model's tokens, and the LLM's tokenizer and prompt add to them)."""
-        return self.llm_context_window - self.llm_max_tokens - 2 * self.top_k * self.chunk_size
+        return self.prompt_room_with(self.top_k)
+
+    def prompt_room_with(self, top_k: int) -> int:
+        """Tokens of the context window left for the question and the conversation once
+        `top_k` passages and the answer have theirs (passages counted double: they are measured
+        in the embedding model's tokens, and the LLM's tokenizer and prompt add to them)."""
+        return self.llm_context_window - self.llm_max_tokens - 2 * top_k * self.chunk_size
+
+    @property
+    def top_k_that_fits(self) -> int:
+        """The most passages per answer that leave a question room in the context window."""
+        room = self.llm_context_window - self.llm_max_tokens - QUESTION_ROOM_MIN
+        return room // (2 * self.chunk_size)
 
     @property
     def llm_is_local(self) -> bool:

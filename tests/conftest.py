@@ -15,6 +15,21 @@ GUIDE = ROOT / "docs" / "ragchat-user-guide.md"
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 
 
+# A test is slow (marked so, and left out by `pytest -m "not slow"`) when it starts the app, a
+# browser or the local models, through one of these fixtures or as marked by hand.
+SLOW_FIXTURES = {
+    "app", "assistant_app", "deployed", "proxied", "small_app",  # a running app
+    "browser", "browser_page",  # Chromium
+    "guide_backend", "local_llm", "embed_model", "cranfield",  # the local models
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def is_setting(variable: str) -> bool:
     # Settings are read case-insensitively: `openai_api_key` counts as OPENAI_API_KEY.
     return variable.upper() in SETTING_NAMES

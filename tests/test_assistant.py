@@ -378,7 +378,8 @@ async def test_empty_and_huge_questions_are_refused(backend: AssistantBackend) -
             await collect(backend.new_chat(), question)
 
 
-@only(OPENAI)  # the report's terms, whatever the server; the command's start costs seconds
+@pytest.mark.slow  # the command's start costs seconds
+@only(OPENAI)  # the report's terms, whatever the server
 def test_the_ingest_command_syncs_the_vector_store(server: AssistantServer, data: Path) -> None:
     def ingest(*args: str, base_url: str = server.base_url) -> subprocess.CompletedProcess:
         env = environ_without_settings() | {

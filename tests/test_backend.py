@@ -24,6 +24,8 @@ from ragchat.config import ConfigError, load_settings
 from .conftest import GUIDE
 from .openai_server import REPLY, OpenAIServer
 
+pytestmark = pytest.mark.slow  # every test builds the backend on the local models
+
 
 async def collect(chat, question: str) -> list:
     return [event async for event in chat.ask(question)]

@@ -142,6 +142,7 @@ def test_secret_is_never_echoed(clean_env: Path, monkeypatch) -> None:
     assert "sk-very-secret" not in error_for(monkeypatch)
 
 
+@pytest.mark.slow  # starts chainlit
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -186,6 +187,7 @@ def start_app(folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # starts chainlit
 def test_an_unreadable_history_stops_the_app_and_is_left_as_it_was(clean_env: Path) -> None:
     history = clean_env / "database" / "history.db"
     history.parent.mkdir()

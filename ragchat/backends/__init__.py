@@ -86,13 +86,15 @@ class SettingsRejected(ValueError):
     """Chat settings outside what the panel offers; the message says what is allowed."""
 
 
-def checked_settings(top_k: object, mode: object) -> tuple[int, str]:
+def checked_settings(
+    top_k: object, mode: object, top_k_max: int = TOP_K_MAX
+) -> tuple[int, str]:
     """top_k and mode as the settings panel offers them: they come from the browser (or from a
     conversation's metadata, which the browser wrote)."""
     number = isinstance(top_k, int | float) and not isinstance(top_k, bool)
-    if not (number and TOP_K_MIN <= top_k <= TOP_K_MAX and top_k == int(top_k)):  # NaN fails
+    if not (number and TOP_K_MIN <= top_k <= top_k_max and top_k == int(top_k)):  # NaN fails
         raise SettingsRejected(
-            f"Passages per answer must be a whole number from {TOP_K_MIN} to {TOP_K_MAX}, not "
+            f"Passages per answer must be a whole number from {TOP_K_MIN} to {top_k_max}, not "
             f"{str(top_k)[:20]}; the settings were left as they were."
         )
     if mode not in MODES:
@@ -111,6 +113,7 @@ class Turn:
 
 class Chat(Protocol):
     top_k: int
+    top_k_max: int  # the settings panel's maximum
     mode: str
     # True: an upload joins the library everyone searches (so only admins may add one);
     # False: it belongs to this conversation alone.

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ragchat.backends import (
     MAX_QUESTION_CHARS,
+    TOP_K_MAX,
     AnswerFailed,
     Event,
     Image,
@@ -215,10 +216,11 @@ class AssistantChat:
         self._backend = backend
         self.state = state  # previous_response_id and this chat's vector store, kept in the thread
         self.top_k = backend.settings.top_k
+        self.top_k_max = max(self.top_k, TOP_K_MAX)  # file_search's results are not our prompt
         self.mode = "hybrid"  # OpenAI's file_search combines meaning and words itself
 
     def configure(self, top_k: object, mode: object) -> None:
-        self.top_k, _ = checked_settings(top_k, mode)  # file_search has one mode, see __init__
+        self.top_k, _ = checked_settings(top_k, mode, self.top_k_max)  # file_search has one mode, see __init__
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         name = safe_file_name(original_name)

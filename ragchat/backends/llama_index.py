@@ -17,6 +17,7 @@ from llama_index.core.response_synthesizers import CompactAndRefine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ragchat.backends import (
+    TOP_K_MAX,
     Event,
     QuestionRejected,
     Source,
@@ -113,8 +114,6 @@ class LlamaIndexBackend:
         self._context_prompt = PromptTemplate(CONTEXT_PROMPT).partial_format(
             bot_name=settings.bot_name
         )
-        # Two characters a token is the worst case of ordinary text.
-        self.max_question_chars = 2 * settings.prompt_room
         condense = settings.followup_query == "condense" or (
             settings.followup_query == "auto" and not settings.llm_is_local
         )
@@ -167,11 +166,13 @@ class LlamaIndexChat:
         self._memory = memory
         self.state: dict = {}  # nothing beyond the messages: memory is rebuilt from them
         self.top_k = backend._settings.top_k
+        # More passages than fit the model's context window would cut the prompt.
+        self.top_k_max = max(self.top_k, min(TOP_K_MAX, backend._settings.top_k_that_fits))
         self.mode: Mode = backend._settings.retrieval_mode
 
     def configure(self, top_k: object, mode: object) -> None:
         """Retrieve differently from the next question on (the chat settings panel)."""
-        self.top_k, self.mode = checked_settings(top_k, mode)
+        self.top_k, self.mode = checked_settings(top_k, mode, self.top_k_max)
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         return self._backend.add_upload(source, original_name)
@@ -179,7 +180,8 @@ class LlamaIndexChat:
     async def ask(self, question: str) -> AsyncIterator[Event]:
         if not question.strip():
             raise QuestionRejected("The message is empty: type a question about your documents.")
-        limit = self._backend.max_question_chars
+        # Two characters a token is the worst case of ordinary text.
+        limit = 2 * self._backend._settings.prompt_room_with(self.top_k)
         if len(question) > limit:
             raise QuestionRejected(
                 f"The message is {len(question):,} characters long; the model reads at most "

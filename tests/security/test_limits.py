@@ -352,13 +352,22 @@ def test_settings_outside_the_panel_are_refused(top_k: object, mode: object, ref
 def test_the_panels_own_values_are_taken(guide_backend) -> None:
     chat = guide_backend.new_chat()
     for mode in ("vector", "lexical", "hybrid"):
-        chat.configure(top_k=TOP_K_MAX, mode=mode)
-        assert (chat.top_k, chat.mode) == (TOP_K_MAX, mode)
+        chat.configure(top_k=chat.top_k_max, mode=mode)
+        assert (chat.top_k, chat.mode) == (chat.top_k_max, mode)
     chat.configure(top_k=3.0, mode="vector")  # a slider's number may come as a float
     assert (chat.top_k, chat.mode) == (3, "vector")
     with pytest.raises(SettingsRejected):
         chat.configure(top_k=1000, mode="lexical")
     assert (chat.top_k, chat.mode) == (3, "vector")  # nothing changed
+
+
+def test_the_panel_offers_no_more_passages_than_the_context_window_holds(guide_backend) -> None:
+    # 4,096 tokens, 384 of them for the answer and 256 for the question: 7 passages of 240
+    # tokens (counted double) fit, 8 would cut the prompt.
+    chat = guide_backend.new_chat()
+    assert chat.top_k_max == 7 < TOP_K_MAX
+    with pytest.raises(SettingsRejected, match="from 1 to 7, not 8"):
+        chat.configure(top_k=8, mode="hybrid")
 
 
 def test_the_hosted_assistant_checks_them_too(clean_env: Path) -> None:
