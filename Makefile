@@ -1,5 +1,7 @@
 # `make run` installs everything and starts the chat; `make test` runs the test suite.
-# Both create .venv on first use and reinstall only when a requirements file changes.
+# Both create .venv on first use and reinstall only when a requirements file or pyproject.toml
+# changes. The project itself goes in last, editable and without dependencies (they are the pinned
+# ones above): that puts the `ragchat` command on the venv's PATH and ragchat on its sys.path.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,9 +20,10 @@ bench: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-local.txt requirements.lock
+$(VENV)/.installed: requirements.txt requirements-local.txt requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements-local.txt -c requirements.lock
+	$(BIN)/pip install --no-deps --no-build-isolation --check-build-dependencies -e .
 	touch $@
 
 # Browser tests drive Debian's Chromium (Playwright cannot download its own browsers here);

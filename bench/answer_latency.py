@@ -18,21 +18,18 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.llm import LLMChatStartEvent
+from llama_index.core.llms.custom import CustomLLM
 
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
-from llama_index.core.instrumentation.events.llm import LLMChatStartEvent  # noqa: E402
-from llama_index.core.llms.custom import CustomLLM  # noqa: E402
-
-from ragchat.backends import Token, create_backend  # noqa: E402
-from ragchat.config import load_settings  # noqa: E402
-from ragchat.logs import setup_logging  # noqa: E402
+from ragchat.backends import Token, create_backend
+from ragchat.config import load_settings
+from ragchat.logs import setup_logging
 
 QUESTION = "Which file types are supported, and how do I add my own documents?"
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "ragchat-user-guide.md"

@@ -18,19 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from llama_index.core.llms import ChatMessage
+from llama_index.core.memory import Memory
 
-from llama_index.core.llms import ChatMessage  # noqa: E402
-from llama_index.core.memory import Memory  # noqa: E402
-
-from ragchat.backends import Token, create_backend  # noqa: E402
-from ragchat.backends.llama_index import FollowUpChatEngine, follow_up_query  # noqa: E402
-from ragchat.config import load_settings  # noqa: E402
-from ragchat.logs import setup_logging  # noqa: E402
+from ragchat.backends import Token, create_backend
+from ragchat.backends.llama_index import FollowUpChatEngine, follow_up_query
+from ragchat.config import load_settings
+from ragchat.logs import setup_logging
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "ragchat-user-guide.md"
 

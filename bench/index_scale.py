@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 CRANFIELD = ROOT.parent / "shared" / "eval" / "cranfield" / "cran.all.1400"
 PER_FILE = 20

@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ragchat.auth import ACCOUNT_FREE_FAILURES, HASHER, lock_seconds  # noqa: E402
+from ragchat.auth import ACCOUNT_FREE_FAILURES, HASHER, lock_seconds
 
 
 def median_seconds(action, runs: int) -> float:

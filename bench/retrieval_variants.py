@@ -23,22 +23,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import tempfile
 from pathlib import Path
 
 import bm25s
 import numpy as np
 import Stemmer
+from llama_index.core.schema import MetadataMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from llama_index.core.schema import MetadataMode  # noqa: E402
-
-from ragchat.config import load_settings  # noqa: E402
-from ragchat.evaluate import DEPTH, read_qrels, read_queries, scores  # noqa: E402
-from ragchat.ingest import Library  # noqa: E402
-from ragchat.models import build_embed_model  # noqa: E402
+from ragchat.config import load_settings
+from ragchat.evaluate import DEPTH, read_qrels, read_queries, scores
+from ragchat.ingest import Library
+from ragchat.models import build_embed_model
 
 POOL = 30  # how deep each side looks before fusion, as in the app
 FEEDBACK = 5

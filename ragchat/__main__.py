@@ -1,4 +1,5 @@
-"""Command line: `python -m ragchat ingest [--rebuild]`, `eval`, `convert-smart`."""
+"""Command line: `ragchat` (or `python -m ragchat`) `ingest [--rebuild]`, `eval`,
+`convert-smart`, `users`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import click
 
 from ragchat.config import ConfigError, load_settings
 from ragchat.logs import setup_logging
+from ragchat.users_cli import users
 
 
 @click.group()
 def cli() -> None:
     """ragchat's command line tools."""
+
+
+cli.add_command(users)
 
 
 @cli.command()
@@ -23,26 +28,13 @@ def ingest(rebuild: bool) -> None:
     """Bring the index in step with DATA_DIR: add, replace and remove what changed."""
     setup_logging()
     logging.getLogger("ragchat").setLevel(logging.WARNING)  # the summary below says it all
+    from ragchat.backends import BackendUnavailable, backend_kind
+
     try:
         settings = load_settings()
-        if settings.rag_backend == "assistant":  # DATA_DIR into the assistant's vector store
-            import openai
-
-            from ragchat.backends.assistant import AssistantBackend, describe_failure
-
-            try:
-                knowledge = AssistantBackend.connect(settings)
-                report = knowledge.sync(rebuild=rebuild, progress=True)
-            except openai.OpenAIError as error:
-                raise click.ClickException(describe_failure(error, settings)) from None
-        else:
-            from ragchat.ingest import Library
-            from ragchat.models import build_embed_model
-
-            report = Library(settings, build_embed_model(settings)).sync(
-                rebuild=rebuild, progress=True
-            )
-    except ConfigError as error:
+        knowledge = backend_kind(settings).open_knowledge(settings)  # no LLM loaded
+        report = knowledge.sync(rebuild=rebuild, progress=True)
+    except (ConfigError, BackendUnavailable) as error:
         raise click.ClickException(str(error)) from None
     click.echo(
         ("Rebuilt the index. " if report.rebuilt else "")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from ragchat.config import Settings
 from ragchat.ingest import Library
-from ragchat.models import build_embed_model
 from ragchat.retrieval import build_retriever
 
 DEPTH = 10
@@ -50,7 +49,7 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="ragchat-eval-") as temporary:
         storage = storage or Path(temporary)
         settings = settings.model_copy(update={"data_dir": docs, "storage_dir": storage})
-        library = Library(settings, build_embed_model(settings))
+        library = Library.from_settings(settings)
         library.sync(progress=True)
         # Deep enough that ten distinct files come out even when files have several chunks.
         retriever = build_retriever(library, settings, top_k=3 * DEPTH)
@@ -108,9 +107,11 @@ def convert_smart(source: Path, target: Path) -> tuple[int, int]:
 
 def _smart_blocks(text: str) -> list[tuple[str, dict[str, str]]]:
     blocks = []
-    for block in re.split(r"^\.I\s+", text, flags=re.M)[1:]:
+    for block in re.split(r"^\.I\s+", text, flags=re.MULTILINE)[1:]:
         number, _, body = block.partition("\n")
-        fields = dict(re.findall(r"^\.([A-Z])\n(.*?)(?=^\.[A-Z]\n|\Z)", body, flags=re.M | re.S))
+        fields = dict(
+            re.findall(r"^\.([A-Z])\n(.*?)(?=^\.[A-Z]\n|\Z)", body, flags=re.MULTILINE | re.DOTALL)
+        )
         blocks.append((number.strip(), fields))
     return blocks
 

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import mimetypes
-import re
 import sqlite3
 import uuid
 from pathlib import Path
@@ -42,12 +41,11 @@ from chainlit.context import ChainlitContextException, context
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.element import ElementDict
-from chainlit.step import StepDict
 from chainlit.types import Feedback, ThreadDict
 from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ragchat.backends import MAX_QUESTION_CHARS, Turn
+from ragchat.backends import MAX_QUESTION_CHARS
 
 log = logging.getLogger(__name__)
 
@@ -470,31 +468,6 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         return path, name, mime
 
 
-def exchanges(thread: ThreadDict) -> list[tuple[StepDict, StepDict]]:
-    """Each question of a stored thread with the answer that followed it. The welcome message,
-    error messages and later messages (such as a PDF export) answer no question."""
-    pairs: list[tuple[StepDict, StepDict]] = []
-    question: StepDict | None = None
-    for step in sorted(thread.get("steps", []), key=lambda s: s.get("createdAt") or ""):
-        if step.get("isError") or not (step.get("output") or "").strip():
-            continue
-        if step["type"] == "user_message":
-            question = step
-        elif step["type"] == "assistant_message" and question is not None:
-            pairs.append((question, step))
-            question = None
-    return pairs
-
-
-def turns_from_thread(thread: ThreadDict) -> list[Turn]:
-    """The conversation of a stored thread, for a resumed chat's memory."""
-    turns: list[Turn] = []
-    for question, answer in exchanges(thread):
-        turns.append(Turn("user", question["output"].strip()))
-        turns.append(Turn("assistant", _without_sources_line(answer["output"].strip())))
-    return turns
-
-
 def thread_title(first_message: str) -> str:
     """The first question, on one line and at most TITLE_LENGTH characters."""
     title = " ".join(first_message.split())
@@ -508,10 +481,6 @@ def is_uuid(value: object) -> bool:
         return str(uuid.UUID(str(value))) == str(value).lower()
     except ValueError:
         return False
-
-
-def _without_sources_line(answer: str) -> str:
-    return re.sub(r"\n\nSources: [^\n]*$", "", answer)
 
 
 def _statement(query: str) -> str:

@@ -1,4 +1,5 @@
-"""Keeping the index in step with DATA_DIR: the files there are the source of truth.
+"""The local index: DATA_DIR's documents as chunks in LanceDB, kept in step with the files there,
+which are the source of truth. Which files are read, and why one is refused: documents.py.
 
 A sync reads only what changed. Each file's documents (one per PDF page, one for other types)
 have stable ids, `<path inside DATA_DIR>#<n>`, and llama_index's ingestion pipeline upserts them
@@ -14,20 +15,14 @@ deleted. A `kill -9` therefore loses at most the batch in flight, which the next
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
-import unicodedata
-import zipfile
-import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,28 +38,27 @@ from llama_index.readers.file import HTMLTagReader
 from tqdm import tqdm
 
 from ragchat.config import Settings
-from ragchat.models import build_tokenizer, embed_name
+from ragchat.documents import (
+    SUPPORTED_TYPES,
+    FileStat,
+    SyncReport,
+    Unreadable,
+    UploadOutcome,
+    documents_in,
+    reading_error,
+    refusal,
+    refused_upload,
+    scan_folder,
+    sha256_of,
+    store_upload,
+)
+from ragchat.models import build_embed_model, build_tokenizer, embed_name
 from ragchat.vector_store import LanceStore
 
 log = logging.getLogger(__name__)
 
 TABLE = "chunks"
 SAMPLE_DOCS = Path(__file__).resolve().parent.parent / "docs"
-# The file types read, by media type (the form the chat's upload button takes them in).
-UPLOAD_TYPES = {
-    "text/markdown": [".md", ".markdown"],
-    "text/plain": [".txt"],
-    "application/pdf": [".pdf"],
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": [".docx"],
-    "text/html": [".html", ".htm"],
-    "text/csv": [".csv"],
-}
-SUPPORTED_TYPES = tuple(suffix for suffixes in UPLOAD_TYPES.values() for suffix in suffixes)
-# Files that are read as text: anything but UTF-8 is refused rather than half-decoded.
-_TEXT_TYPES = {".md", ".markdown", ".txt", ".csv", ".html", ".htm"}
-# Files that are zip archives, which their reader (docx2txt) unzips part by part into memory.
-_ZIPPED_TYPES = {".docx"}
-_MB = 1024 * 1024
 _READERS = {".html": HTMLTagReader(tag="body"), ".htm": HTMLTagReader(tag="body")}
 # Metadata kept for bookkeeping and citations, but neither embedded nor shown to the LLM.
 _HIDDEN_METADATA = ["file_sha256", "part"]
@@ -72,36 +66,16 @@ _BATCH_FILES = 16
 
 
 @dataclass
-class SyncReport:
-    added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
+class IndexSyncReport(SyncReport):
+    """What a sync did to the local index, and how many chunks it wrote."""
+
     chunks: int = 0
-    seconds: float = 0.0
-    rebuilt: bool = False
 
-    @property
-    def changed_anything(self) -> bool:
-        return bool(self.added or self.changed or self.removed)
-
-    def summary(self) -> str:
-        lines = [
+    def counts(self) -> str:
+        return (
             f"{len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
             f"{len(self.skipped)} skipped; {self.chunks} chunks written in {self.seconds:.1f} s"
-        ]
-        lines += [f"  skipped {name}: {reason}" for name, reason in sorted(self.skipped.items())]
-        return "\n".join(lines)
-
-
-class Unreadable(Exception):
-    """A file that cannot be indexed; the message says why, for the person who added it."""
-
-
-@dataclass(frozen=True)
-class _Stat:
-    size: int
-    mtime_ns: int
+        )
 
 
 class Library:
@@ -130,18 +104,22 @@ class Library:
             str(self._storage / "lancedb"), read_consistency_interval=timedelta(0)
         )
         self.store = LanceStore(connection=self._db, table_name=TABLE, mode="create")
-        self._skipped: dict[str, tuple[_Stat, str]] = {}  # reported once per file version
+        self._skipped: dict[str, tuple[FileStat, str]] = {}  # reported once per file version
         self._vector_index_checked = False  # once per process, then after each change
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Library:
+        return cls(settings, build_embed_model(settings))
 
     def index(self) -> VectorStoreIndex:
         return VectorStoreIndex.from_vector_store(self.store, embed_model=self.embed_model)
 
     # --- sync ---------------------------------------------------------------------------
 
-    def sync(self, rebuild: bool = False, progress: bool = False) -> SyncReport:
+    def sync(self, rebuild: bool = False, progress: bool = False) -> IndexSyncReport:
         """Bring the index in step with DATA_DIR. Safe to call from any thread or process."""
         started = time.monotonic()
-        report = SyncReport()
+        report = IndexSyncReport()
         with self._process_lock, self._file_lock:
             recorded = self._read_json("index.json")
             if recorded and recorded != self._signature:
@@ -165,14 +143,11 @@ class Library:
         report.seconds = time.monotonic() - started
         return report
 
-    def _sync(self, report: SyncReport, progress: bool) -> None:
-        if not self.data_dir.is_dir():
-            # An unmounted or mistyped folder is not "every document was deleted".
-            log.warning("%s is not a folder; the index is kept as it is", self.data_dir)
+    def _sync(self, report: IndexSyncReport, progress: bool) -> None:
+        if (on_disk := documents_in(self.data_dir)) is None:
             return
-        on_disk = dict(scan_folder(self.data_dir))
         recorded = self._read_json("stats.json")
-        stats = {name: _Stat(size, mtime_ns) for name, (size, mtime_ns, _) in recorded.items()}
+        stats = {name: FileStat(size, mtime_ns) for name, (size, mtime_ns, _) in recorded.items()}
         hashes = {name: sha for name, (_, _, sha) in recorded.items()}
         known_bad = {n for n, (stat, _) in self._skipped.items() if on_disk.get(n) == stat}
         report.skipped = {name: self._skipped[name][1] for name in known_bad}
@@ -195,7 +170,7 @@ class Library:
             if (stats.get(name) == stat and name in indexed) or name in known_bad:
                 continue
             readable = Path(name).suffix.lower() in SUPPORTED_TYPES
-            sha = _sha256(self.data_dir / name) if readable else ""  # a video is not hashed
+            sha = sha256_of(self.data_dir / name) if readable else ""  # a video is not hashed
             if name in indexed and hashes.get(name) == sha:  # touched, not changed
                 stats[name], hashes[name] = stat, sha
                 continue
@@ -220,7 +195,9 @@ class Library:
                     docstore.delete_document(doc_id, raise_error=False)
                 self.store.delete_ref_docs(gone)
             # Chunks an interrupted run wrote without recording them in the docstore.
-            self.store.delete_ref_docs([i for i in new_ids if docstore.get_document_hash(i) is None])
+            self.store.delete_ref_docs(
+                [i for i in new_ids if docstore.get_document_hash(i) is None]
+            )
             nodes = self._pipeline(docstore).run(documents=documents, store_doc_text=False)
             report.chunks += len(nodes)
             for name, stat, sha in written:
@@ -246,23 +223,14 @@ class Library:
     def _read(self, name: str, sha: str) -> list[Document]:
         path = self.data_dir / name
         suffix = path.suffix.lower()
-        if problem := refusal(suffix, path.stat().st_size):
-            raise Unreadable(problem)
-        if suffix in _TEXT_TYPES:
-            try:
-                path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                raise Unreadable("the text is not UTF-8; save it as UTF-8 and add it again") from None
-        if suffix in _ZIPPED_TYPES and (
-            problem := unzipped_refusal(path, self.settings.unzipped_max_mb)
-        ):
+        if problem := refusal(path, suffix, self.settings.unzipped_max_mb):
             raise Unreadable(problem)
         try:
             loaded = SimpleDirectoryReader(
                 input_files=[path], file_extractor=_READERS, raise_on_error=True
             ).load_data()
-        except Exception as error:  # every reader fails its own way on a broken file
-            raise Unreadable(_reading_error(suffix, error)) from None
+        except Exception as error:  # noqa: BLE001 every reader fails its own way on a broken file
+            raise Unreadable(reading_error(suffix, error)) from None
         pages = [doc for doc in loaded if doc.text.strip()]
         if not pages:
             raise Unreadable(
@@ -296,7 +264,11 @@ class Library:
 
     def _load_docstore(self) -> SimpleDocumentStore:
         path = self._storage / "docstore.json"
-        return SimpleDocumentStore.from_persist_path(str(path)) if path.exists() else SimpleDocumentStore()
+        return (
+            SimpleDocumentStore.from_persist_path(str(path))
+            if path.exists()
+            else SimpleDocumentStore()
+        )
 
     def _save(self, docstore: SimpleDocumentStore, stats: dict, hashes: dict) -> None:
         temporary = self._storage / "docstore.json.tmp"
@@ -335,32 +307,11 @@ class Library:
 # --- uploads -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UploadOutcome:
-    original_name: str
-    stored_as: str | None = None
-    chunks: int = 0
-    duplicate: bool = False
-    problem: str | None = None
-    conversation_only: bool = False  # searched in this conversation, not in the shared library
-
-    def summary(self) -> str:
-        if self.problem:
-            return f"{self.original_name} was not added: {self.problem}."
-        if self.duplicate:
-            return f"{self.original_name} is already in the library, as {self.stored_as}."
-        if self.conversation_only:
-            return f"Added {self.stored_as} to this conversation; it can be asked about now."
-        passages = "1 passage" if self.chunks == 1 else f"{self.chunks} passages"
-        return f"Added {self.stored_as} ({passages}); it can be asked about now."
-
-
 def add_upload(library: Library, source: Path, original_name: str) -> UploadOutcome:
     """Check an uploaded file, store it in DATA_DIR and index it; a file that cannot be
     indexed is not kept."""
-    suffix = Path(safe_file_name(original_name)).suffix
-    if problem := refusal(suffix, source.stat().st_size, library.settings.upload_max_mb):
-        return UploadOutcome(original_name, problem=problem)
+    if refused := refused_upload(source, original_name, library.settings):
+        return refused
     stored_as, is_new = store_upload(source, original_name, library.data_dir)
     if not is_new:
         return UploadOutcome(original_name, stored_as, duplicate=True)
@@ -371,117 +322,7 @@ def add_upload(library: Library, source: Path, original_name: str) -> UploadOutc
     return UploadOutcome(original_name, stored_as, chunks=report.chunks)
 
 
-_RESERVED = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", re.IGNORECASE)
-
-
-def safe_file_name(name: str) -> str:
-    """A name that stays inside the folder it is saved in, is not hidden, and is portable."""
-    name = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1])
-    name = "".join(c if c.isalnum() or c in " ._-()" else "_" for c in name)
-    name = re.sub(r"\s+", " ", name).strip(" .")  # no hidden files, no trailing dots
-    stem, suffix = os.path.splitext(name)
-    stem = stem[:100] or "upload"
-    if _RESERVED.fullmatch(stem):
-        stem = f"_{stem}"
-    return f"{stem}{suffix.lower()}"
-
-
-def store_upload(source: Path, original_name: str, folder: Path) -> tuple[str, bool]:
-    """Copy an uploaded file into `folder` under a safe name; never overwrite another file.
-    Returns the name it has there and whether it was new (False: the same file was there)."""
-    name = safe_file_name(original_name)
-    sha = _sha256(source)
-    stem, suffix = os.path.splitext(name)
-    for attempt in range(1, 1000):
-        candidate = name if attempt == 1 else f"{stem} ({attempt}){suffix}"
-        target = folder / candidate
-        if target.exists():
-            if _sha256(target) == sha:
-                return candidate, False
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / f".{candidate}.part"  # hidden: a sync meanwhile ignores it
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-        return candidate, True
-    raise Unreadable(f"too many files are already called {name}")
-
-
 # --- helpers -------------------------------------------------------------------------------
-
-
-def refusal(suffix: str, size: int, limit_mb: int | None = None) -> str | None:
-    """Why a file of this type and size is not read, if it is not."""
-    if suffix not in SUPPORTED_TYPES:
-        return f"the file type {suffix or '(none)'} is not supported; use one of " + ", ".join(
-            SUPPORTED_TYPES
-        )
-    if size == 0:
-        return "the file is empty"
-    if limit_mb is not None and size > limit_mb * 1024 * 1024:
-        return f"it is {size / 1024 / 1024:.1f} MB and uploads are limited to {limit_mb} MB"
-    return None
-
-
-def unzipped_refusal(path: Path, limit_mb: int) -> str | None:
-    """Why a zipped document is not read, if it is not: it would unzip to more than
-    `limit_mb`, or it is not a sound archive. Costs at most unzipping `limit_mb` once, in steps
-    of 1 MB, whatever the archive claims.
-
-    The parts' declared sizes come first, and they bound what the reader gets: zipfile never
-    hands out more than a part's declared size (ZipExtFile stops at ZipInfo.file_size and then
-    checks the CRC). They do not bound what reading costs, though: ZipFile.read, as docx2txt
-    calls it, decompresses all of a part's data in one call before cutting it to the declared
-    size, so a part declaring 1 KB but holding 1.5 GB (in 1.5 MB) took 14 s and 2 GB of
-    memory here. So each part is also unzipped here, in bounded steps, to check that it holds
-    what it declares, and only deflate and stored parts (what Word writes) are accepted: bzip2
-    and LZMA have no bounded step in zipfile."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            parts = archive.infolist()
-            declared = sum(part.file_size for part in parts)
-            if declared > limit_mb * _MB:
-                return (
-                    f"it unzips to {declared / _MB:.1f} MB, more than the {limit_mb} MB a "
-                    "document may unzip to (UNZIPPED_MAX_MB); split it into smaller documents, "
-                    "or ask the administrator to raise UNZIPPED_MAX_MB"
-                )
-            for part in parts:
-                if part.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                    raise zipfile.BadZipFile(f"{part.filename} is compressed as Word never does")
-                if _unzipped_size(archive, part) != part.file_size:
-                    raise zipfile.BadZipFile(
-                        f"{part.filename} is not the size the archive says; save it again"
-                    )
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as error:
-        return _reading_error(path.suffix.lower(), error)  # RuntimeError: an encrypted part
-    return None
-
-
-def _unzipped_size(archive: zipfile.ZipFile, part: zipfile.ZipInfo) -> int:
-    """What the part really unzips to, counted up to one byte past its declared size."""
-    unbounded = copy.copy(part)
-    unbounded.file_size = part.file_size + 1  # so that zipfile reads past the declared end
-    del unbounded.CRC  # that end is compared here, not the checksum (the reader checks it)
-    size = 0
-    with archive.open(unbounded) as data:
-        while size <= part.file_size and (block := data.read(_MB)):
-            size += len(block)
-    return size
-
-
-def scan_folder(folder: Path) -> Iterator[tuple[str, _Stat]]:
-    """(path inside the folder, stat) of every file, hidden files and folders excepted."""
-    if not folder.is_dir():
-        return
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for file in files:
-            if file.startswith("."):
-                continue
-            path = Path(root, file)
-            stat = path.stat()
-            yield path.relative_to(folder).as_posix(), _Stat(stat.st_size, stat.st_mtime_ns)
 
 
 def _documents_by_file(docstore: SimpleDocumentStore) -> dict[str, list[str]]:
@@ -492,27 +333,9 @@ def _documents_by_file(docstore: SimpleDocumentStore) -> dict[str, list[str]]:
     return files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _batches(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _reading_error(suffix: str, error: BaseException) -> str:
-    while error.__cause__ is not None:  # the reader wraps the real reason in "Error loading file"
-        error = error.__cause__
-    text = str(error) or type(error).__name__
-    if suffix == ".pdf" and ("decrypt" in text.lower() or "password" in text.lower()):
-        return "the PDF is password-protected; remove the password and add it again"
-    kind = {".pdf": "a PDF", ".docx": "a Word document", ".csv": "CSV"}.get(suffix, "text")
-    return f"it could not be read as {kind} ({text})"
 
 
 def _describe(signature: dict) -> str:

@@ -66,7 +66,9 @@ def _lexical(library: Library, depth: int) -> BM25Retriever:
     with _lexical_lock:
         cached = _lexical_cache.get(library)
         if cached is None or cached[:2] != (version, depth):
-            bm25 = BM25Retriever.from_defaults(nodes=library.store.all_nodes(), similarity_top_k=depth)
+            bm25 = BM25Retriever.from_defaults(
+                nodes=library.store.all_nodes(), similarity_top_k=depth
+            )
             cached = _lexical_cache[library] = (version, depth, bm25)
         return cached[2]
 
@@ -111,5 +113,7 @@ class RelevanceGate(BaseNodePostprocessor):
         wanted = query_bundle.embedding or await self.embed_model.aget_agg_embedding_from_queries(
             query_bundle.embedding_strs
         )
-        nearest = await self.store.aquery(VectorStoreQuery(query_embedding=wanted, similarity_top_k=1))
+        nearest = await self.store.aquery(
+            VectorStoreQuery(query_embedding=wanted, similarity_top_k=1)
+        )
         return nodes if max(nearest.similarities or [-1.0]) >= self.cutoff else []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -54,6 +54,15 @@ class Exchange:
             if event.data.get("type") == "assistant_message" and not event.data.get("isError")
         ]
         return messages[-1]["output"] if messages else ""
+
+    @property
+    def replies(self) -> list[str]:
+        """Every message the app sent, errors included, as first sent."""
+        return [
+            event.data["output"]
+            for event in self.named("new_message")
+            if event.data.get("type") == "assistant_message"
+        ]
 
     @property
     def errors(self) -> list[str]:
@@ -117,8 +126,11 @@ class ChatClient:
     async def close(self) -> None:
         await self._socket.disconnect()
 
-    async def ask(self, text: str, timeout: float = 300, **fields: Any) -> Exchange:
-        """Send `text` as the frontend does; `fields` override the step dict's (an id, say)."""
+    async def ask(
+        self, text: str, timeout: float = 300, files: Sequence[str] = (), **fields: Any
+    ) -> Exchange:
+        """Send `text` as the frontend does, with the files uploaded to this session whose ids
+        are `files`; `fields` override the step dict's (an id, say)."""
         message = {
             "threadId": "",
             "id": str(uuid.uuid4()),
@@ -129,16 +141,44 @@ class ChatClient:
             "metadata": {"location": self.url + "/"},
             **fields,
         }
-        return await self.send(message, timeout)
+        return await self.send(message, timeout, files)
 
-    async def send(self, message: dict, timeout: float = 300) -> Exchange:
+    async def send(
+        self, message: dict, timeout: float = 300, files: Sequence[str] = ()
+    ) -> Exchange:
         """Send a `client_message` and collect events until the server is done with it."""
         start = len(self.events)
         exchange = Exchange(message=message, sent_at=time.monotonic())
-        await self._socket.emit("client_message", {"message": message, "fileReferences": []})
+        references = [{"id": file_id} for file_id in files]
+        await self._socket.emit(
+            "client_message", {"message": message, "fileReferences": references}
+        )
         await self._wait(lambda: self._tasks_done_since(start), timeout)
         exchange.events = self.events[start:]
         return exchange
+
+    async def edit(self, step_id: str, text: str, timeout: float = 300) -> Exchange:
+        """Edit a message of this chat, as the pen under a question does: Chainlit replaces its
+        text and answers it again."""
+        start = len(self.events)
+        exchange = Exchange(message={"id": step_id, "output": text}, sent_at=time.monotonic())
+        await self._socket.emit("edit_message", {"message": exchange.message})
+        await asyncio.sleep(1)  # an edit that is refused starts no task: nothing to wait for
+        if any(event.name == "task_start" for event in self.events[start:]):
+            await self._wait(lambda: self._tasks_done_since(start), timeout)
+        exchange.events = self.events[start:]
+        return exchange
+
+    async def change_settings(self, values: dict) -> list[str]:
+        """Send the settings panel's event, as its Confirm button does; the errors it got."""
+        start = len(self.events)
+        await self._socket.call("chat_settings_change", values, timeout=30)  # handler done
+        await asyncio.sleep(0.5)  # and the messages it sent have arrived
+        return [
+            event.data["output"]
+            for event in self.events[start:]
+            if event.name == "new_message" and event.data.get("isError")
+        ]
 
     async def _record(self, name: str, data: Any = None) -> None:
         self.events.append(Event(name, data, time.monotonic()))

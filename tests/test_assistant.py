@@ -117,7 +117,7 @@ def test_the_documents_are_synced_into_a_vector_store_by_content(
     (data / "empty.txt").write_text("")
     (data / "hawks.txt").write_text("Hawks see ultraviolet light.")
     report = again.sync()
-    assert (report.uploaded, report.replaced, report.removed, report.unchanged) == (
+    assert (report.added, report.changed, report.removed, report.unchanged) == (
         ["hawks.txt", "owls.txt"],
         ["otters.md"],
         ["birds/herons.txt"],
@@ -134,6 +134,30 @@ def test_the_documents_are_synced_into_a_vector_store_by_content(
     assert sorted(server.store_files(backend.store_id)) == ["otters.md", "owls.txt"]
     assert "densest fur" in server.store_files(backend.store_id)["otters.md"]
     assert len(server.files) == 2  # replaced and removed files are deleted, not only unlinked
+
+
+def test_files_the_local_index_refuses_are_refused_here_too_and_not_uploaded(
+    server: AssistantServer, backend: AssistantBackend, data: Path, tmp_path: Path
+) -> None:
+    from .test_ingest import docx_bomb
+
+    (data / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me".encode("latin-1"))
+    (data / "bomb.docx").write_bytes(docx_bomb())
+    report = backend.sync()
+    assert report.skipped == {
+        "latin1.txt": "the text is not UTF-8; save it as UTF-8 and add it again",
+        "bomb.docx": "it unzips to 60.0 MB, more than the 50 MB a document may unzip to "
+        "(UNZIPPED_MAX_MB); split it into smaller documents, or ask the administrator to "
+        "raise UNZIPPED_MAX_MB",
+    }
+    assert sorted(server.store_files(backend.store_id)) == ["herons.txt", "otters.md"]
+
+    upload = tmp_path / "upload"
+    upload.write_bytes(docx_bomb())
+    uploads = posts(server, "/files")
+    outcome = backend.new_chat().add_upload(upload, "bomb.docx")
+    assert outcome.summary().startswith("bomb.docx was not added: it unzips to 60.0 MB")
+    assert posts(server, "/files") == uploads
 
 
 def team_store(server: AssistantServer) -> str:
@@ -434,7 +458,7 @@ def test_the_watcher_calls_the_api_only_when_the_folder_changed(
         assert not backend.sync().changed_anything
     assert len(server.requests) == before
     (data / "owls.txt").write_text("Owls turn their heads 270 degrees.")
-    assert backend.sync().uploaded == ["owls.txt"]
+    assert backend.sync().added == ["owls.txt"]
 
 
 def test_a_wrong_key_stops_the_app_at_start_with_one_line(

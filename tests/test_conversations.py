@@ -3,6 +3,7 @@ answers downloaded as PDF, and nobody reaching another user's conversations over
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -112,7 +113,9 @@ def test_an_answer_is_rated_with_a_comment(app: RunningApp, page: Page) -> None:
         run["id"],
         "assistant_message",
     )
-    assert "Sources:" in answer_step["output"]
+    assert "Sources: ragchat-user-guide.md" in answer_step["output"]  # what the user reads
+    # ...and the fact a resumed chat decides from (its PDF button, its memory).
+    assert json.loads(answer_step["metadata"]) == {"sources": ["ragchat-user-guide.md"]}
 
 
 def test_a_thread_begun_with_a_starter_is_titled_by_its_question(page: Page) -> None:

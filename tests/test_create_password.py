@@ -1,4 +1,7 @@
-"""create_password.py, run as an admin would: every command, its output and exit code."""
+"""create_password.py, run as an admin would: every command, its output and exit code.
+
+It is a thin wrapper over `ragchat users`, the console command's account group: the last tests
+run both on their own databases and compare what they print."""
 
 from __future__ import annotations
 
@@ -17,6 +20,24 @@ from ragchat.auth import UserStore
 from .conftest import ROOT, environ_without_settings
 
 STRONG = "correct horse battery staple"
+CREATE_PASSWORD = [sys.executable, str(ROOT / "create_password.py")]
+# The console script `make` installs into the venv (pip install -e . reads [project.scripts]).
+RAGCHAT = Path(sys.executable).parent / "ragchat"
+
+
+def invoke(
+    command: list[str], db_path: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*command, *args],
+        check=False,
+        input=stdin,
+        env={**environ_without_settings(), "DB_PATH": str(db_path)},
+        cwd=db_path.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -25,18 +46,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run(db_path: Path, tmp_path: Path):
+def run(db_path: Path):
     def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        env = environ_without_settings()
-        return subprocess.run(
-            [sys.executable, str(ROOT / "create_password.py"), *args],
-            input=stdin,
-            env={**env, "DB_PATH": str(db_path)},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return invoke(CREATE_PASSWORD, db_path, *args, stdin=stdin)
 
     return run
 
@@ -156,3 +168,55 @@ def test_unknown_command_and_unusable_database_exit_non_zero(run, db_path: Path)
     result = run("list")
     assert result.returncode == 1
     assert "Invalid setting DB_PATH=" in result.stderr
+
+
+def test_the_ragchat_command_lists_the_accounts_create_password_made(run, db_path: Path) -> None:
+    assert RAGCHAT.is_file(), f"no console script {RAGCHAT}: `make` runs pip install -e ."
+    run("add", "erin", "--password-stdin", stdin=STRONG)
+    run("add", "root", "--admin", "--password-stdin", stdin=STRONG)
+    run("disable", "erin")
+    result = invoke([str(RAGCHAT), "users"], db_path, "list")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{'erin':32} user    (disabled)",
+        f"{'root':32} admin ",
+    ]
+
+
+# One session of commands, good and bad, as each command prints it: only the program's name in
+# a usage error may differ.
+SESSION = [
+    (("add", "frank", "--admin", "--password-stdin"), STRONG),
+    (("add", "FRANK", "--password-stdin"), "a different passphrase"),
+    (("add", "grace", "--password-stdin"), "short"),
+    (("reset", "nobody"), None),
+    (("disable", "frank"), None),
+    (("list",), None),
+    (("promote", "frank"), None),
+    (("delete", "frank"), None),
+    (("list",), None),
+]
+
+
+def test_ragchat_users_and_create_password_behave_the_same(tmp_path: Path) -> None:
+    commands = {"create_password.py": CREATE_PASSWORD, "ragchat users": [str(RAGCHAT), "users"]}
+    seen = {}
+    for name, command in commands.items():
+        db_path = tmp_path / name.replace(" ", "-") / "database" / "auth.db"
+        db_path.parent.parent.mkdir()
+        seen[name] = [
+            (result.returncode, result.stdout, result.stderr.replace(name, "PROGRAM"))
+            for args, stdin in SESSION
+            for result in [invoke(command, db_path, *args, stdin=stdin)]
+        ]
+    assert seen["ragchat users"] == seen["create_password.py"]
+    assert [code for code, _, _ in seen["ragchat users"]] == [0, 1, 1, 1, 0, 0, 2, 0, 0]
+    assert "Error: No such command 'promote'." in seen["ragchat users"][6][2]
+
+
+def test_ragchat_users_alone_prints_a_password_and_its_hash(db_path: Path) -> None:
+    result = invoke([str(RAGCHAT), "users"], db_path)
+    assert result.returncode == 0, result.stderr
+    password = re.search(r"^Password: (\S+)$", result.stdout, re.MULTILINE).group(1)
+    hashed = re.search(r"^Hash:     (\S+)$", result.stdout, re.MULTILINE).group(1)
+    assert PasswordHasher().verify(hashed, password)

@@ -24,8 +24,9 @@ from ragchat.history import (
     LocalStorage,
     migrate,
     thread_title,
-    turns_from_thread,
 )
+from ragchat.presenter import pdf_offers
+from ragchat.transcript import turns_from_thread
 
 # The schema as Chainlit's documentation gives it (before 2.x added columns to steps).
 DOCUMENTED_SCHEMA_STEPS = """CREATE TABLE steps ("id" UUID PRIMARY KEY, "name" TEXT NOT NULL,
@@ -50,9 +51,17 @@ def layer(tmp_path: Path) -> HistoryDataLayer:
     return HistoryDataLayer(tmp_path / "database" / "history.db", tmp_path / "database" / "files")
 
 
-async def conversation(layer: HistoryDataLayer, who: str = "alice") -> dict:
+# How ragchat stored an answer before answers carried their sources in the step's metadata: the
+# "Sources:" line at the end of the text was the only record of them.
+STORED_BY_PREVIOUS_VERSION: dict = {}
+
+
+async def conversation(
+    layer: HistoryDataLayer, who: str = "alice", answer_metadata: dict | None = None
+) -> dict:
     """A thread as Chainlit writes one: a user, a welcome, a question, a step, an answer with a
-    source element, and feedback on the answer."""
+    source element (its sources in its metadata, as the presenter sends it), and feedback on
+    the answer."""
     init_http_context()  # without a request or socket context, Chainlit's layer queues writes
     user = await layer.create_user(User(identifier=who, metadata={"role": "user"}))
     thread_id = str(uuid.uuid4())
@@ -109,6 +118,7 @@ async def conversation(layer: HistoryDataLayer, who: str = "alice") -> dict:
             "assistant_message",
             "Markdown, PDF and Word.\n\nSources: guide.md",
             parentId=ids["run"],
+            metadata={"sources": ["guide.md"]} if answer_metadata is None else answer_metadata,
         )
     )
     source = cl.Text(
@@ -285,11 +295,30 @@ async def test_a_resumed_chat_starts_from_the_questions_and_answers(
     layer: HistoryDataLayer,
 ) -> None:
     ids = await conversation(layer)
+    db = Path(str(layer.engine.url.database))
+    assert rows(db, 'SELECT "metadata" FROM steps WHERE "id" = ?', ids["answer"]) == [
+        ('{"sources": ["guide.md"]}',)
+    ]
     thread = await layer.get_thread(ids["thread"])
     assert turns_from_thread(thread) == [
         Turn("user", "Which file types are supported?"),
         Turn("assistant", "Markdown, PDF and Word."),
     ]
+    assert pdf_offers(thread) == [("Which file types are supported?", ids["answer"])]
+
+
+async def test_a_conversation_stored_by_the_previous_version_resumes_alike(
+    layer: HistoryDataLayer,
+) -> None:
+    ids = await conversation(layer, answer_metadata=STORED_BY_PREVIOUS_VERSION)
+    thread = await layer.get_thread(ids["thread"])
+    [answer] = [step for step in thread["steps"] if step["id"] == ids["answer"]]
+    assert answer["metadata"] == {}  # nothing but the text says it cites a source
+    assert turns_from_thread(thread) == [
+        Turn("user", "Which file types are supported?"),
+        Turn("assistant", "Markdown, PDF and Word."),
+    ]
+    assert pdf_offers(thread) == [("Which file types are supported?", ids["answer"])]
 
 
 async def test_threads_list_only_their_owners_own(layer: HistoryDataLayer) -> None:

@@ -18,7 +18,8 @@ import pytest
 import ragchat.ingest
 import ragchat.vector_store
 from ragchat.config import load_settings
-from ragchat.ingest import Library, add_upload, safe_file_name, store_upload
+from ragchat.documents import safe_file_name, store_upload
+from ragchat.ingest import Library, add_upload
 from ragchat.models import build_embed_model
 from ragchat.vector_store import VECTOR_INDEX
 

@@ -9,18 +9,19 @@ The UI renders them; it knows nothing about llama_index or OpenAI.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
-from ragchat.config import Settings
+from ragchat.config import ConfigError, Settings
+from ragchat.documents import SyncReport, UploadOutcome
+
+log = logging.getLogger(__name__)
 
 # No backend answers a longer question, and the history keeps no more of one.
 MAX_QUESTION_CHARS = 20_000
-
-if TYPE_CHECKING:
-    from ragchat.ingest import SyncReport, UploadOutcome
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,23 @@ class QuestionRejected(Exception):
     """The question cannot be answered as asked; the message says why and what to do."""
 
 
+def check_question(question: str, limit: int, reader: str) -> None:
+    """QuestionRejected for an empty question or one longer than `limit` characters, which is
+    what `reader` (say "the model reads") takes at once."""
+    if not question.strip():
+        raise QuestionRejected("The message is empty: type a question about your documents.")
+    if len(question) > limit:
+        raise QuestionRejected(
+            f"The message is {len(question):,} characters long; {reader} at most {limit:,} at "
+            "once. Shorten it, or ask about one part at a time."
+        )
+
+
+class BackendUnavailable(Exception):
+    """The service a backend keeps its documents in or answers from cannot be used; the
+    message says why, and what to do."""
+
+
 class AnswerFailed(Exception):
     """The answer could not be (fully) given; the message says why, for the user. `partial`:
     some of the answer was already streamed, and it must be shown as incomplete."""
@@ -86,9 +104,7 @@ class SettingsRejected(ValueError):
     """Chat settings outside what the panel offers; the message says what is allowed."""
 
 
-def checked_settings(
-    top_k: object, mode: object, top_k_max: int = TOP_K_MAX
-) -> tuple[int, str]:
+def checked_settings(top_k: object, mode: object, top_k_max: int = TOP_K_MAX) -> tuple[int, str]:
     """top_k and mode as the settings panel offers them: they come from the browser (or from a
     conversation's metadata, which the browser wrote)."""
     number = isinstance(top_k, int | float) and not isinstance(top_k, bool)
@@ -131,22 +147,50 @@ class Chat(Protocol):
         """Check, store and index a file uploaded in the chat."""
 
 
-class Backend(Protocol):
+class Knowledge(Protocol):
+    """Where a backend keeps the documents it answers from: the local index, or the hosted
+    assistant's vector store."""
+
+    def sync(self, rebuild: bool = False, progress: bool = False) -> SyncReport:
+        """Bring the knowledge in step with DATA_DIR (`rebuild`: all of it again; `progress`:
+        with a progress bar). BackendUnavailable when its service cannot be used."""
+
+
+class Backend(Knowledge, Protocol):
     def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> Chat: ...
 
-    def sync(self) -> SyncReport:
-        """Bring the knowledge in step with DATA_DIR."""
+
+class BackendKind(Protocol):
+    """What each backend offers (as classmethods) to start it in two steps: its knowledge
+    alone (what `python -m ragchat ingest` syncs), then the backend answering from it."""
+
+    def open_knowledge(self, settings: Settings) -> Knowledge: ...
+
+    def from_knowledge(self, settings: Settings, knowledge: Knowledge) -> Backend: ...
 
 
-def create_backend(settings: Settings) -> Backend:
-    """Build the backend RAG_BACKEND names, loading its models and index once."""
+def backend_kind(settings: Settings) -> BackendKind:
+    """The backend RAG_BACKEND names (imported only then: the assistant needs no llama_index)."""
     if settings.rag_backend == "assistant":
         from ragchat.backends.assistant import AssistantBackend
 
-        return AssistantBackend.from_settings(settings)
+        return AssistantBackend
     from ragchat.backends.llama_index import LlamaIndexBackend
 
-    return LlamaIndexBackend.from_settings(settings)
+    return LlamaIndexBackend
+
+
+def create_backend(settings: Settings) -> Backend:
+    """Build the backend RAG_BACKEND names, loading its models and index once; ConfigError if
+    its service cannot be used."""
+    kind = backend_kind(settings)
+    try:
+        knowledge = kind.open_knowledge(settings)
+        report = knowledge.sync(progress=True)
+    except BackendUnavailable as error:
+        raise ConfigError(f"the {settings.rag_backend} backend could not start: {error}") from None
+    log.info("Documents in %s: %s", settings.data_dir, report.summary())
+    return kind.from_knowledge(settings, knowledge)
 
 
 def group_by_label(sources: Sequence[Source]) -> dict[str, list[Source]]:

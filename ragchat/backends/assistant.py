@@ -15,11 +15,11 @@ server without the code interpreter is asked without it once it has refused it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,18 +32,28 @@ from ragchat.backends import (
     MAX_QUESTION_CHARS,
     TOP_K_MAX,
     AnswerFailed,
+    BackendUnavailable,
     Event,
     Image,
-    QuestionRejected,
     Source,
     Sources,
     Step,
     Token,
     Turn,
+    check_question,
     checked_settings,
 )
-from ragchat.config import ConfigError, Settings
-from ragchat.ingest import UploadOutcome, refusal, safe_file_name, scan_folder
+from ragchat.config import Settings
+from ragchat.documents import (
+    FileStat,
+    SyncReport,
+    UploadOutcome,
+    documents_in,
+    refusal,
+    refused_upload,
+    safe_file_name,
+    sha256_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +62,18 @@ BROKEN_STREAM = "The answer stopped because the connection to the assistant brok
 
 
 @dataclass
-class StoreSyncReport:
-    """What a sync did to the vector store, counted in files (the store chunks them itself);
-    the same interface as the local index's SyncReport."""
+class StoreSyncReport(SyncReport):
+    """What a sync did to the vector store (which chunks files itself): new files uploaded,
+    changed ones replaced (every file, on a rebuild)."""
 
-    uploaded: list[str] = field(default_factory=list)  # new files
-    replaced: list[str] = field(default_factory=list)  # changed files (every file on rebuild)
-    removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    rebuilt: bool = False
 
-    @property
-    def changed_anything(self) -> bool:
-        return bool(self.uploaded or self.replaced or self.removed)
-
-    def summary(self) -> str:
-        lines = [
-            f"{len(self.uploaded)} uploaded, {len(self.replaced)} replaced, "
+    def counts(self) -> str:
+        return (
+            f"{len(self.added)} uploaded, {len(self.changed)} replaced, "
             f"{len(self.removed)} removed, {len(self.unchanged)} unchanged, "
             f"{len(self.skipped)} skipped in {self.seconds:.1f} s"
-        ]
-        lines += [f"  skipped {name}: {reason}" for name, reason in sorted(self.skipped.items())]
-        return "\n".join(lines)
+        )
 
 
 class AssistantBackend:
@@ -86,55 +84,50 @@ class AssistantBackend:
         self.store_id = store_id
         # Offered until the server refuses it (not every server has one).
         self.code_interpreter = settings.assistant_code_interpreter
-        self._hashes: dict = {}  # path -> (stat, sha256), so unchanged files are not read again
+        # path -> (stat, sha256, why it is refused): a file is read again only once it changed
+        self._checked: dict[str, tuple[FileStat, str, str | None]] = {}
         self._synced: dict = {}  # DATA_DIR as it was at the last complete sync
         self._skipped: dict = {}  # ...and the files it skipped, with the reason
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AssistantBackend:
-        try:
-            backend = cls.connect(settings)
-            report = backend.sync(progress=True)
-        except openai.OpenAIError as error:
-            raise ConfigError(
-                f"the assistant backend could not start: {describe_failure(error, settings)}"
-            ) from None
+    def open_knowledge(cls, settings: Settings) -> AssistantBackend:
+        """The client and vector store; BackendUnavailable if the server cannot be used."""
+        options = {
+            "api_key": settings.openai_api_key.get_secret_value(),
+            "base_url": settings.openai_base_url,
+            "timeout": settings.openai_timeout,
+            "max_retries": 2,  # with backoff, honouring Retry-After, before a stream starts
+        }
+        client = OpenAI(**options)
+        with _explained(settings):
+            store_id = settings.openai_vector_store_id or _app_store(client, settings.storage_dir)
+        return cls(settings, client, AsyncOpenAI(**options), store_id)
+
+    @classmethod
+    def from_knowledge(cls, settings: Settings, knowledge: AssistantBackend) -> AssistantBackend:
+        """The vector store is all the assistant needs: the server answers."""
         log.info(
             "Assistant: %s with file_search%s over vector store %s",
             settings.openai_model,
-            " and the code interpreter" if backend.code_interpreter else "",
-            backend.store_id,
+            " and the code interpreter" if knowledge.code_interpreter else "",
+            knowledge.store_id,
         )
-        log.info("Documents in %s: %s", settings.data_dir, report.summary())
-        return backend
-
-    @classmethod
-    def connect(cls, settings: Settings) -> AssistantBackend:
-        options = dict(
-            api_key=settings.openai_api_key.get_secret_value(),
-            base_url=settings.openai_base_url,
-            timeout=settings.openai_timeout,
-            max_retries=2,  # with backoff, honouring Retry-After, before a stream starts
-        )
-        client = OpenAI(**options)
-        store_id = settings.openai_vector_store_id or _app_store(client, settings.storage_dir)
-        return cls(settings, client, AsyncOpenAI(**options), store_id)
+        return knowledge
 
     # knowledge
 
     def sync(self, rebuild: bool = False, progress: bool = False) -> StoreSyncReport:
         """Upload new and changed files of DATA_DIR to the vector store, remove deleted ones
         (`rebuild`: upload every file again)."""
+        with _explained(self.settings):
+            return self._sync(rebuild, progress)
+
+    def _sync(self, rebuild: bool, progress: bool) -> StoreSyncReport:
         started = time.monotonic()
         report = StoreSyncReport(rebuilt=rebuild)
-        if not self.settings.data_dir.is_dir():
-            # An unmounted or mistyped folder is not "every document was deleted".
-            log.warning(
-                "%s is not a folder; the vector store is kept as it is", self.settings.data_dir
-            )
+        if (on_disk := documents_in(self.settings.data_dir)) is None:
             return report
-        on_disk = dict(scan_folder(self.settings.data_dir))
-        self._hashes = {name: known for name, known in self._hashes.items() if name in on_disk}
+        self._checked = {name: known for name, known in self._checked.items() if name in on_disk}
         if on_disk == self._synced and not rebuild:
             # The watcher's common case: no API call while nothing changed.
             report.skipped = dict(self._skipped)
@@ -151,13 +144,13 @@ class AssistantBackend:
         pending = []
         for name, stat in sorted(on_disk.items()):
             path = self.settings.data_dir / name
-            if problem := refusal(path.suffix.lower(), stat.size):
+            if self._checked.get(name, (None,))[0] != stat:  # read only what was touched
+                problem = refusal(path, path.suffix.lower(), self.settings.unzipped_max_mb)
+                self._checked[name] = (stat, "" if problem else sha256_of(path), problem)
+            _, sha, problem = self._checked[name]
+            if problem:
                 report.skipped[name] = problem
-                continue
-            if self._hashes.get(name, (None,))[0] != stat:  # hash only what was touched
-                self._hashes[name] = (stat, hashlib.sha256(path.read_bytes()).hexdigest())
-            sha = self._hashes[name][1]
-            if rebuild or ours.get(name, (None, None))[1] != sha:
+            elif rebuild or ours.get(name, (None, None))[1] != sha:
                 pending.append((name, path, sha))
             else:
                 report.unchanged.append(name)
@@ -165,20 +158,21 @@ class AssistantBackend:
             pending, desc="Uploading files", unit="file", disable=not progress
         ):
             try:
-                self._upload(self.store_id, path, name, sha)
+                self.upload(self.store_id, path, name, sha)
             except openai.BadRequestError as refused:  # this file only; the others go on
                 report.skipped[name] = f"the assistant refused it: {server_message(refused)}"
                 log.warning("Skipped %s: %s", name, report.skipped[name])
                 continue
             if name in ours:
                 self._remove(ours[name][0])
-            (report.replaced if name in ours else report.uploaded).append(name)
+            (report.changed if name in ours else report.added).append(name)
         self._synced = on_disk  # a refused file is tried again once it changes
         self._skipped = dict(report.skipped)
         report.seconds = time.monotonic() - started
         return report
 
-    def _upload(self, store_id: str, path: Path, name: str, sha: str) -> str:
+    def upload(self, store_id: str, path: Path, name: str, sha: str) -> str:
+        """Put a file into a vector store, tagged with its path and hash; returns its file id."""
         with path.open("rb") as file:
             uploaded = self.client.files.create(file=(Path(name).name, file), purpose="assistants")
         self.client.vector_stores.files.create(
@@ -220,32 +214,24 @@ class AssistantChat:
         self.mode = "hybrid"  # OpenAI's file_search combines meaning and words itself
 
     def configure(self, top_k: object, mode: object) -> None:
-        self.top_k, _ = checked_settings(top_k, mode, self.top_k_max)  # file_search has one mode, see __init__
+        # file_search has one mode, see __init__
+        self.top_k, _ = checked_settings(top_k, mode, self.top_k_max)
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
+        if refused := refused_upload(source, original_name, self._backend.settings):
+            return refused
         name = safe_file_name(original_name)
-        if problem := refusal(
-            Path(name).suffix.lower(), source.stat().st_size, self._backend.settings.upload_max_mb
-        ):
-            return UploadOutcome(original_name, problem=problem)
         client = self._backend.client
         if "vector_store_id" not in self.state:
             store = client.vector_stores.create(
                 name="ragchat conversation", expires_after={"anchor": "last_active_at", "days": 30}
             )
             self.state["vector_store_id"] = store.id
-        sha = hashlib.sha256(source.read_bytes()).hexdigest()
-        self._backend._upload(self.state["vector_store_id"], source, name, sha)
+        self._backend.upload(self.state["vector_store_id"], source, name, sha256_of(source))
         return UploadOutcome(original_name, stored_as=name, conversation_only=True)
 
     async def ask(self, question: str) -> AsyncIterator[Event]:
-        if not question.strip():
-            raise QuestionRejected("The message is empty: type a question about your documents.")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise QuestionRejected(
-                f"The message is {len(question):,} characters long; the assistant takes at most "
-                f"{MAX_QUESTION_CHARS:,}. Shorten it, or ask about one part at a time."
-            )
+        check_question(question, MAX_QUESTION_CHARS, "the assistant takes")
         reader = _ResponseReader()
         try:
             stream = await self._open(question)
@@ -290,15 +276,15 @@ class AssistantChat:
         if code_interpreter:
             tools.append({"type": "code_interpreter", "container": {"type": "auto"}})
             include.append("code_interpreter_call.outputs")
-        request = dict(
-            model=settings.openai_model,
-            input=question,
-            instructions=settings.assistant_instructions,
-            tools=tools,
-            include=include,
-            temperature=settings.llm_temperature,
-            stream=True,
-        )
+        request = {
+            "model": settings.openai_model,
+            "input": question,
+            "instructions": settings.assistant_instructions,
+            "tools": tools,
+            "include": include,
+            "temperature": settings.llm_temperature,
+            "stream": True,
+        }
         if previous := self.state.get("previous_response_id"):
             request["previous_response_id"] = previous
         return request
@@ -407,6 +393,15 @@ def describe_failure(error: Exception, settings: Settings) -> str:
                 "happening, tell the administrator."
             )
     return BROKEN_STREAM
+
+
+@contextmanager
+def _explained(settings: Settings) -> Iterator[None]:
+    """The server's failures as BackendUnavailable, saying what went wrong and what to do."""
+    try:
+        yield
+    except openai.OpenAIError as error:
+        raise BackendUnavailable(describe_failure(error, settings)) from None
 
 
 def server_message(error: openai.APIStatusError) -> str:

@@ -19,17 +19,18 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from ragchat.backends import (
     TOP_K_MAX,
     Event,
-    QuestionRejected,
     Source,
     Sources,
     Step,
     Token,
     Turn,
+    check_question,
     checked_settings,
 )
 from ragchat.config import Settings
-from ragchat.ingest import Library, SyncReport, UploadOutcome, add_upload
-from ragchat.models import build_embed_model, build_llm, embed_name, llm_name
+from ragchat.documents import UploadOutcome
+from ragchat.ingest import IndexSyncReport, Library, add_upload
+from ragchat.models import build_llm, embed_name, llm_name
 from ragchat.retrieval import Mode, RelevanceGate, build_retriever
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ class FollowUpChatEngine(CondensePlusContextChatEngine):
         self, chat_history: list[ChatMessage], streaming: bool = False
     ) -> CompactAndRefine:
         synthesizer = super()._get_response_synthesizer(chat_history, streaming)
-        # What is streamed when no passage passed the similarity cutoff; llama_index has no
-        # parameter for it on this path and would answer "Empty Response".
+        # What is streamed when no passage passed the similarity cutoff. A synthesizer takes it
+        # as `empty_response` when it is made, but the chat engine makes this one without it (it
+        # would answer "Empty Response"), so it is set where the constructor keeps it. Checked by
+        # tests/test_workarounds.py::test_the_no_context_answer_reaches_the_synthesizer.
         synthesizer._empty_response = NO_CONTEXT_ANSWER
         return synthesizer
 
@@ -108,7 +111,7 @@ def follow_up_query(history: Sequence[ChatMessage], latest: str, turns: int) -> 
 
 class LlamaIndexBackend:
     def __init__(self, settings: Settings, llm: LLM, library: Library):
-        self._settings = settings
+        self.settings = settings
         self._llm = llm
         self.library = library
         self._context_prompt = PromptTemplate(CONTEXT_PROMPT).partial_format(
@@ -120,15 +123,17 @@ class LlamaIndexBackend:
         self._recent_turns = None if condense else settings.history_turns
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LlamaIndexBackend:
-        log.info("LLM: %s", llm_name(settings))
+    def open_knowledge(cls, settings: Settings) -> Library:
         log.info("Embeddings: %s", embed_name(settings))
-        library = Library(settings, build_embed_model(settings))
-        log.info("Documents in %s: %s", settings.data_dir, library.sync(progress=True).summary())
-        return cls(settings, build_llm(settings), library)
+        return Library.from_settings(settings)
 
-    def sync(self) -> SyncReport:
-        return self.library.sync()
+    @classmethod
+    def from_knowledge(cls, settings: Settings, knowledge: Library) -> LlamaIndexBackend:
+        log.info("LLM: %s", llm_name(settings))
+        return cls(settings, build_llm(settings), knowledge)
+
+    def sync(self, rebuild: bool = False, progress: bool = False) -> IndexSyncReport:
+        return self.library.sync(rebuild, progress)
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         return add_upload(self.library, source, original_name)
@@ -136,19 +141,19 @@ class LlamaIndexBackend:
     def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> LlamaIndexChat:
         memory = Memory.from_defaults(
             chat_history=[ChatMessage(role=turn.role, content=turn.content) for turn in history],
-            token_limit=self._settings.prompt_room,
+            token_limit=self.settings.prompt_room,
         )
         return LlamaIndexChat(self, memory)
 
     def engine(self, memory: Memory, top_k: int, mode: Mode) -> FollowUpChatEngine:
         return FollowUpChatEngine(
-            retriever=build_retriever(self.library, self._settings, top_k=top_k, mode=mode),
+            retriever=build_retriever(self.library, self.settings, top_k=top_k, mode=mode),
             llm=self._llm,
             memory=memory,
             context_prompt=self._context_prompt,
             node_postprocessors=[
                 RelevanceGate(
-                    cutoff=self._settings.similarity_cutoff,
+                    cutoff=self.settings.similarity_cutoff,
                     embed_model=self.library.embed_model,
                     store=self.library.store,
                 )
@@ -165,10 +170,10 @@ class LlamaIndexChat:
         self._backend = backend
         self._memory = memory
         self.state: dict = {}  # nothing beyond the messages: memory is rebuilt from them
-        self.top_k = backend._settings.top_k
+        self.top_k = backend.settings.top_k
         # More passages than fit the model's context window would cut the prompt.
-        self.top_k_max = max(self.top_k, min(TOP_K_MAX, backend._settings.top_k_that_fits))
-        self.mode: Mode = backend._settings.retrieval_mode
+        self.top_k_max = max(self.top_k, min(TOP_K_MAX, backend.settings.top_k_that_fits))
+        self.mode: Mode = backend.settings.retrieval_mode
 
     def configure(self, top_k: object, mode: object) -> None:
         """Retrieve differently from the next question on (the chat settings panel)."""
@@ -178,15 +183,9 @@ class LlamaIndexChat:
         return self._backend.add_upload(source, original_name)
 
     async def ask(self, question: str) -> AsyncIterator[Event]:
-        if not question.strip():
-            raise QuestionRejected("The message is empty: type a question about your documents.")
         # Two characters a token is the worst case of ordinary text.
-        limit = 2 * self._backend._settings.prompt_room_with(self.top_k)
-        if len(question) > limit:
-            raise QuestionRejected(
-                f"The message is {len(question):,} characters long; the model reads at most "
-                f"{limit:,} at once. Shorten it, or ask about one part at a time."
-            )
+        limit = 2 * self._backend.settings.prompt_room_with(self.top_k)
+        check_question(question, limit, "the model reads")
         engine = self._backend.engine(self._memory, self.top_k, self.mode)
         response = await engine.astream_chat(question)
         try:

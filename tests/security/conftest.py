@@ -14,8 +14,9 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
-from ..running_app import RunningApp, running_app
+from ..running_app import CHROMIUM, CHROMIUM_ARGS, RunningApp, running_app
 
 ALICE = ("alice", "alice's long passphrase")
 BOB = ("bob", "bob's long passphrase")  # an ordinary user, the usual attacker
@@ -29,6 +30,15 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
         started.create_password("add", BOB[0], "--password-stdin", stdin=BOB[1])
         started.create_password("add", CAROL[0], "--admin", "--password-stdin", stdin=CAROL[1])
         yield started
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Chromium, for the attacks a page makes."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
 
 
 @contextmanager

@@ -33,44 +33,6 @@ MB = 1024 * 1024
 QUESTION = "What can ragchat do?"  # a starter: the user guide answers it, with passages
 
 
-class Chat(ChatClient):
-    """The frontend's chat, plus the two things this file's attacks send: settings and files."""
-
-    async def change_settings(self, values: dict) -> list[str]:
-        """Send the settings panel's event; the error messages it got back."""
-        start = len(self.events)
-        await self._socket.call("chat_settings_change", values, timeout=30)  # handler done
-        await asyncio.sleep(0.5)  # and its messages arrived
-        return [
-            event.data["output"]
-            for event in self.events[start:]
-            if event.name == "new_message" and event.data.get("isError")
-        ]
-
-    async def send_files(self, text: str, file_ids: list[str]) -> list[str]:
-        """A message with files uploaded to this session, as the frontend sends it; the texts
-        of the messages the app sent back."""
-        start = len(self.events)
-        message = {
-            "threadId": "",
-            "id": str(uuid.uuid4()),
-            "name": "User",
-            "type": "user_message",
-            "output": text,
-            "createdAt": "2026-01-01T00:00:00Z",
-        }
-        references = [{"id": file_id} for file_id in file_ids]
-        await self._socket.emit(
-            "client_message", {"message": message, "fileReferences": references}
-        )
-        await self._wait(lambda: self._tasks_done_since(start), 120)
-        return [
-            event.data["output"]
-            for event in self.events[start:]
-            if event.name == "new_message" and event.data.get("type") == "assistant_message"
-        ]
-
-
 def add_account(app: RunningApp, *, admin: bool = False) -> tuple[str, str]:
     """An account of this file's own: the limits count per user, and this file fills them."""
     user = (f"limits-{uuid.uuid4().hex[:8]}", "a long passphrase for the limits")
@@ -128,9 +90,9 @@ def saved_chat_settings(app: RunningApp, thread_id: str, unlike: dict | None = N
 async def test_the_21st_upload_is_refused_with_the_limit_named(app: RunningApp) -> None:
     user, other = add_account(app), add_account(app)
     async with (
-        Chat(app.url, cookies_of(app, user)) as chat,
-        Chat(app.url, cookies_of(app, user)) as second_tab,
-        Chat(app.url, cookies_of(app, other)) as others_chat,
+        ChatClient(app.url, cookies_of(app, user)) as chat,
+        ChatClient(app.url, cookies_of(app, user)) as second_tab,
+        ChatClient(app.url, cookies_of(app, other)) as others_chat,
         httpx.AsyncClient(base_url=app.url, cookies=cookies_of(app, user), timeout=60) as http,
     ):
         accepted = []
@@ -175,7 +137,7 @@ def small_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
 async def test_an_upload_past_the_quota_in_mb_is_refused(small_app: RunningApp) -> None:
     user = add_account(small_app)
     async with (
-        Chat(small_app.url, cookies_of(small_app, user)) as chat,
+        ChatClient(small_app.url, cookies_of(small_app, user)) as chat,
         httpx.AsyncClient(
             base_url=small_app.url, cookies=cookies_of(small_app, user), timeout=60
         ) as http,
@@ -199,7 +161,7 @@ async def test_an_upload_past_the_quota_in_mb_is_refused(small_app: RunningApp) 
 async def test_uploads_sent_at_once_cannot_all_take_the_last_places(small_app: RunningApp) -> None:
     user = add_account(small_app)
     async with (
-        Chat(small_app.url, cookies_of(small_app, user)) as chat,
+        ChatClient(small_app.url, cookies_of(small_app, user)) as chat,
         httpx.AsyncClient(
             base_url=small_app.url, cookies=cookies_of(small_app, user), timeout=60
         ) as http,
@@ -234,7 +196,7 @@ def raw_upload_headers(
 async def test_an_oversize_upload_is_refused_from_its_stated_size(small_app: RunningApp) -> None:
     user = add_account(small_app)
     cookies = cookies_of(small_app, user)
-    async with Chat(small_app.url, cookies) as chat:
+    async with ChatClient(small_app.url, cookies) as chat:
         status, answer = await asyncio.to_thread(
             raw_upload_headers, small_app, cookies, chat.session_id, 50 * MB
         )
@@ -249,8 +211,8 @@ async def test_an_oversize_upload_is_refused_from_its_stated_size(small_app: Run
 def test_the_browser_shows_why_an_upload_was_refused(small_app: RunningApp) -> None:
     user = add_account(small_app)
 
-    async def fill_the_quota() -> Chat:
-        chat = Chat(small_app.url, cookies_of(small_app, user))
+    async def fill_the_quota() -> ChatClient:
+        chat = ChatClient(small_app.url, cookies_of(small_app, user))
         await chat.connect()
         async with httpx.AsyncClient(
             base_url=small_app.url, cookies=cookies_of(small_app, user), timeout=60
@@ -306,7 +268,7 @@ async def test_an_admins_zip_bomb_upload_is_refused_quickly(small_app: RunningAp
     assert len(bomb) < 100 * 1024
     docx = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
     async with (
-        Chat(small_app.url, cookies_of(small_app, admin)) as chat,
+        ChatClient(small_app.url, cookies_of(small_app, admin)) as chat,
         httpx.AsyncClient(
             base_url=small_app.url, cookies=cookies_of(small_app, admin), timeout=60
         ) as http,
@@ -314,7 +276,7 @@ async def test_an_admins_zip_bomb_upload_is_refused_quickly(small_app: RunningAp
         uploaded = await upload(http, chat.session_id, "bomb.docx", bomb, docx)
         assert uploaded.status_code == 200, uploaded.text
         started = time.monotonic()
-        replies = await chat.send_files("", [uploaded.json()["id"]])
+        replies = (await chat.ask("", files=[uploaded.json()["id"]])).replies
         assert time.monotonic() - started < 10
         assert replies[-1] == (
             "bomb.docx was not added: it unzips to 60.0 MB, more than the 50 MB a document may "
@@ -387,10 +349,10 @@ async def test_a_crafted_settings_change_is_refused_and_the_previous_settings_st
     app: RunningApp,
 ) -> None:
     user = add_account(app)
-    async with Chat(app.url, cookies_of(app, user)) as chat:
+    async with ChatClient(app.url, cookies_of(app, user)) as chat:
         assert await chat.change_settings({"top_k": 2, "mode": "lexical"}) == []
         assert await chat.change_settings({"top_k": 1000, "mode": "lexical"}) == [
-            "Passages per answer must be a whole number from 1 to 12, not 1000; the settings "
+            "Passages per answer must be a whole number from 1 to 7, not 1000; the settings "
             "were left as they were."
         ]
         assert await chat.change_settings({"top_k": 2, "mode": "bogus"}) == [
@@ -407,7 +369,7 @@ async def test_a_crafted_settings_change_is_refused_and_the_previous_settings_st
 async def test_settings_restored_on_resume_are_checked(app: RunningApp) -> None:
     user = add_account(app)
     cookies = cookies_of(app, user)
-    async with Chat(app.url, cookies) as chat:
+    async with ChatClient(app.url, cookies) as chat:
         await chat.ask(QUESTION)
         thread_id = chat.thread_id
     # The thread's metadata holds what a browser once sent (before this check, any value).
@@ -418,14 +380,14 @@ async def test_settings_restored_on_resume_are_checked(app: RunningApp) -> None:
             'UPDATE threads SET "metadata" = ? WHERE "id" = ?',
             (json.dumps({"chat_settings": planted}), thread_id),
         )
-    async with Chat(app.url, cookies, thread_id=thread_id) as resumed:
+    async with ChatClient(app.url, cookies, thread_id=thread_id) as resumed:
         refusals = [
             event.data["output"]
             for event in resumed.events
             if event.name == "new_message" and event.data.get("isError")
         ]
         assert refusals == [
-            "Passages per answer must be a whole number from 1 to 12, not 1000; the settings "
+            "Passages per answer must be a whole number from 1 to 7, not 1000; the settings "
             "were left as they were."
         ]
         await resumed.ask(QUESTION)

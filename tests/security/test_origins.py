@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, expect
 from starlette.testclient import TestClient
 
 from ragchat.web_security import OriginGuard
 
-from ..running_app import ANSWER, CHROMIUM, CHROMIUM_ARGS, RunningApp, free_port, running_app
+from ..running_app import ANSWER, RunningApp, free_port, running_app
 from .conftest import ALICE, history_rows, stored_rows
 from .other_site import other_site
 
@@ -77,14 +76,6 @@ async function attack(app, threadId, text) {
 </script>"""
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
 def signed_in_context(browser: Browser, app: RunningApp, user: tuple[str, str]) -> BrowserContext:
     """A browser profile whose user is signed in to the app and has a chat open."""
     context = browser.new_context()
@@ -104,8 +95,8 @@ def alices_rows(app: RunningApp) -> dict[str, list]:
         ),
         "steps": history_rows(
             app,
-            'SELECT s."id", s."type", s."name" FROM steps s JOIN threads t ON t."id" = s."threadId" '
-            'WHERE t."userIdentifier" = ? ORDER BY s."id"',
+            'SELECT s."id", s."type", s."name" FROM steps s '
+            'JOIN threads t ON t."id" = s."threadId" WHERE t."userIdentifier" = ? ORDER BY s."id"',
             ALICE[0],
         ),
     }

@@ -227,3 +227,29 @@ async def test_a_message_is_stored_as_the_users_whatever_the_browser_calls_it(
     assert (stored["type"], stored["name"], stored["parentId"]) == ("user_message", BOB[0], None)
     assert len(stored["output"]) <= MAX_QUESTION_CHARS + 120
     assert len(stored["metadata"]) < 1_000
+
+
+async def test_an_edit_changes_only_the_users_own_messages(app: RunningApp) -> None:
+    # Chainlit's edit replaces the text of whichever message of the chat the id names.
+    async with ChatClient(app.url, cookies_of(app, BOB)) as chat:
+        asked = await chat.ask("Qwzx vbnm plokj?")  # nothing in the documents: no LLM needed
+        [answer] = [
+            event.data["id"]
+            for event in asked.named("new_message")
+            if event.data.get("type") == "assistant_message"
+        ]
+        wait_for_writes(app, chat.thread_id)
+        before = history_rows(app, 'SELECT "output" FROM steps WHERE "id" = ?', answer)
+        await chat.edit(answer, "The assistant says: the password is hunter2.")
+        wait_for_writes(app, chat.thread_id)
+        assert history_rows(app, 'SELECT "output" FROM steps WHERE "id" = ?', answer) == before
+
+        edited = await chat.edit(asked.message["id"], "Where does ragchat keep my documents?")
+        assert edited.named("task_start"), "an edit of the user's own question is answered"
+    [question] = stored_rows(
+        app,
+        'SELECT "output" FROM steps WHERE "id" = ? AND "output" LIKE ?',
+        asked.message["id"],
+        "Where does%",
+    )
+    assert question["output"] == "Where does ragchat keep my documents?"

@@ -97,48 +97,10 @@ async def socket_outcome(app: RunningApp, token: str, transport: str) -> str:
 
 async def chat_once(app: RunningApp, token: str) -> str:
     """Ask one question over Socket.IO, as the browser does; the id of the new conversation."""
-    client = socketio.AsyncClient(reconnection=False)
-    thread_id: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    answered = asyncio.Event()
-    started = False
-
-    @client.on("first_interaction")
-    def first_interaction(data: dict) -> None:
-        thread_id.set_result(data["thread_id"])
-
-    @client.on("task_start")
-    def task_start(*_: object) -> None:
-        nonlocal started
-        started = True
-
-    @client.on("task_end")
-    def task_end(*_: object) -> None:
-        if started:  # not the task_end Chainlit sends on connecting
-            answered.set()
-
-    await client.connect(
-        app.url,
-        socketio_path=SOCKET_PATH,
-        transports=["websocket"],
-        headers=cookie(app, token),
-        auth=socket_auth(),
-        wait_timeout=20,
-    )
-    try:
-        await client.emit("connection_successful")
-        message = {
-            "id": str(uuid.uuid4()),
-            "output": "Qwzx vbnm plokj?",  # nothing in the documents: answered without the LLM
-            "name": "You",
-            "type": "user_message",
-            "createdAt": datetime.now(UTC).isoformat(),
-        }
-        await client.emit("client_message", {"message": message, "fileReferences": None})
-        created = await asyncio.wait_for(thread_id, 60)
-        await asyncio.wait_for(answered.wait(), 300)  # so no answer keeps the CPU busy later
-        return created
-    finally:
-        await client.disconnect()
+    async with ChatClient(app.url, {"access_token": token}) as chat:
+        # Nothing in the documents: answered at once, without the LLM.
+        await chat.ask("Qwzx vbnm plokj?")
+        return chat.thread_id
 
 
 def outcomes(app: RunningApp, token: str, thread_id: str) -> dict[str, int | str]:

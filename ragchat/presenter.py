@@ -1,0 +1,311 @@
+"""The chat as the user sees it, in Chainlit's terms: a backend's events rendered as messages,
+steps and elements, and the chat's rules (who may add documents, which answers offer a PDF,
+what a conversation keeps to be resumed, and how it is resumed).
+
+app.py wires Chainlit's events to a `ChatPresenter`. The rules that need no Chainlit session are
+plain functions at the top of this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import chainlit as cl
+from chainlit.input_widget import Select, Slider
+from chainlit.types import ThreadDict
+
+from ragchat.auth import User
+from ragchat.backends import (
+    TOP_K_MIN,
+    AnswerFailed,
+    Chat,
+    Image,
+    QuestionRejected,
+    SettingsRejected,
+    Sources,
+    Step,
+    Token,
+    group_by_label,
+)
+from ragchat.pdf import answer_pdf, pdf_file_name
+from ragchat.startup import App
+from ragchat.tokens import revoked
+from ragchat.transcript import exchanges, stored_answer, turns_from_thread, with_sources
+
+log = logging.getLogger(__name__)
+
+STARTER, DOWNLOAD_PDF = "starter", "download_pdf"  # the actions' names
+INACTIVE_ACCOUNT = (
+    "This session has ended: the account was disabled or deleted, or its password changed. "
+    "Sign in again, or ask an administrator for access."
+)
+SERVER_ERROR = (
+    "\n\n*The answer stopped because of an error on the server. Try again; if it keeps "
+    "happening, the server log has the details.*"
+)
+UNKNOWN_STARTER = "That question is not one of the suggestions here; type it in the chat instead."
+NOT_YOURS = "That answer is not in your conversations, so it cannot be exported."
+
+
+# The rules
+
+
+def may_add_documents(account: User | None, chat: Chat | None) -> bool:
+    """Everyone adds to their own conversation; only administrators to the shared library."""
+    if account is None or chat is None:
+        return False
+    return account.is_admin or not chat.uploads_shared
+
+
+def upload_refusal(names: list[str]) -> str:
+    return (
+        f"Only administrators can add documents to the shared library, so {', '.join(names)} "
+        "was not added. Ask an administrator to add it."
+    )
+
+
+def starter_question(payload: object, starters: Sequence[str]) -> str | None:
+    """The question a starter action asks, if the chat offers it: the payload comes from the
+    browser, which could otherwise ask (and title the thread) anything, or send no question."""
+    question = payload.get("question") if isinstance(payload, dict) else None
+    return question if isinstance(question, str) and question in starters else None
+
+
+def pdf_offers(thread: ThreadDict) -> list[tuple[str, str]]:
+    """(question, answer id) for each answer of a stored thread that offers a PDF: those that
+    cite the documents ("nothing found" is not worth a PDF)."""
+    return [(q["output"], a["id"]) for q, a in exchanges(thread) if stored_answer(a).cites_sources]
+
+
+def kept_settings(chat: Chat) -> dict:
+    """The chat settings saved with the thread: the ones in use, not what the browser sent."""
+    return {"top_k": chat.top_k, "mode": chat.mode}
+
+
+def saved_state(thread: ThreadDict) -> dict | None:
+    return (thread.get("metadata") or {}).get("backend_state")
+
+
+def state_to_save(chat: Chat) -> dict | None:
+    """What the thread keeps for the chat's backend (e.g. the hosted assistant's conversation),
+    None when the backend needs nothing beyond the messages."""
+    return {"backend_state": chat.state} if chat.state else None
+
+
+def pdf_action(question: str) -> cl.Action:
+    return cl.Action(name=DOWNLOAD_PDF, payload={"question": question[:500]}, label="Download PDF")
+
+
+# The rendering
+
+
+async def render_answer(
+    chat: Chat, question: str, when_complete: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """The chat's answer to `question`, streamed as a message with its steps, pictures and
+    sources, or what stopped it. `when_complete` runs once the whole answer is in, before the
+    user sees it complete."""
+    reply = cl.Message(content="")
+    sources = Sources(items=())
+    pictures: list[cl.Image] = []
+    try:
+        async for event in chat.ask(question):
+            match event:
+                case Token(text):
+                    await reply.stream_token(text)
+                case Step(name, step_input, output, step_type):
+                    async with cl.Step(name=name, type=step_type) as step:
+                        step.input = step_input
+                        step.output = output
+                case Sources():
+                    sources = event
+                case Image(name, url):
+                    pictures.append(cl.Image(name=name, url=url, display="inline"))
+    except QuestionRejected as rejection:
+        await cl.ErrorMessage(content=str(rejection)).send()
+        return
+    except AnswerFailed as failure:
+        if not failure.partial:
+            await cl.ErrorMessage(content=str(failure)).send()
+            return
+        # Never silently cut: what arrived is kept, marked as incomplete.
+        await send_answer(reply, note=f"\n\n*Incomplete answer: {failure}*")
+        return
+    except Exception:
+        log.exception("Answering %r failed", question[:200])
+        await send_answer(reply, note=SERVER_ERROR)
+        return
+    groups = group_by_label(sources.items)
+    # Chainlit links each side element from the message text that names it.
+    reply.elements = pictures + [
+        cl.Text(name=label, content="\n\n---\n\n".join(s.text for s in group), display="side")
+        for label, group in groups.items()
+    ]
+    if groups:
+        reply.actions = [pdf_action(question)]
+    if when_complete is not None:
+        await when_complete()
+    await send_answer(reply, labels=list(groups))
+
+
+async def send_answer(reply: cl.Message, labels: Sequence[str] = (), note: str = "") -> None:
+    """The answer, marked as the answer to the question, with the sources it cites."""
+    reply.content, reply.metadata = with_sources(reply.content + note, labels)
+    await reply.send()
+
+
+async def send_settings_panel(chat: Chat) -> None:
+    await cl.ChatSettings(
+        [
+            Select(
+                id="mode",
+                label="Search the documents by",
+                items={
+                    "meaning and words (hybrid)": "hybrid",
+                    "meaning": "vector",
+                    "words": "lexical",
+                },
+                initial_value=chat.mode,
+            ),
+            Slider(
+                id="top_k",
+                label="Passages per answer",
+                initial=chat.top_k,
+                min=TOP_K_MIN,
+                max=chat.top_k_max,
+                step=1,
+            ),
+        ]
+    ).send()
+
+
+async def apply_settings(chat: Chat, values: dict) -> None:
+    """The settings panel's values, if allowed; if not, a message and the chat keeps its own."""
+    try:
+        chat.configure(top_k=values.get("top_k", chat.top_k), mode=values.get("mode", chat.mode))
+    except SettingsRejected as rejection:
+        await cl.ErrorMessage(content=str(rejection)).send()
+    # Chainlit keeps whatever the browser sent, and saves it with the thread: keep what is used.
+    cl.context.session.chat_settings = kept_settings(chat)
+
+
+async def end_session() -> None:
+    await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
+
+
+class ChatPresenter:
+    """What each Chainlit event does, over the app's parts (one per process)."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def account(self) -> User | None:
+        """The signed-in account, or None once it was disabled, deleted or its password reset:
+        a websocket opened before that is still connected, so each chat event checks again."""
+        session = cl.context.session
+        if not session.token or revoked(self.app.users, session.token):
+            return None
+        return self.app.users.get(session.user.identifier)
+
+    async def start_chat(self) -> None:
+        if self.account() is None:
+            return await end_session()
+        chat = self.app.backend.new_chat()
+        cl.user_session.set("chat", chat)
+        await send_settings_panel(chat)
+        starters = [
+            cl.Action(name=STARTER, payload={"question": question}, label=question)
+            for question in self.app.settings.starters
+        ]
+        await cl.Message(content=self.app.settings.welcome_message, actions=starters).send()
+
+    async def resume_chat(self, thread: ThreadDict) -> None:
+        if self.account() is None:
+            return await end_session()
+        chat = self.app.backend.new_chat(
+            history=turns_from_thread(thread), state=saved_state(thread)
+        )
+        if saved := cl.context.session.chat_settings:  # restored by Chainlit from the thread
+            await apply_settings(chat, saved)
+        cl.user_session.set("chat", chat)
+        await send_settings_panel(chat)
+        for question, answer_id in pdf_offers(thread):  # Chainlit does not store actions
+            await pdf_action(question).send(for_id=answer_id)
+
+    async def update_settings(self, values: dict) -> None:
+        chat = cl.user_session.get("chat")
+        if chat is not None:
+            await apply_settings(chat, values)
+
+    async def ask_starter(self, action: cl.Action) -> None:
+        question = starter_question(action.payload, self.app.settings.starters)
+        if question is None:
+            await cl.ErrorMessage(content=UNKNOWN_STARTER).send()
+            return
+        await cl.Message(content=question, type="user_message", author="You").send()
+        try:
+            await self.answer(question)
+        finally:
+            # Chainlit names a thread begun by an action after the action ("starter").
+            await self.app.history.update_thread(cl.context.session.thread_id, name=question)
+
+    async def receive(self, message: cl.Message) -> None:
+        files = [element for element in message.elements if element.path]
+        if files:
+            await self.add_documents(files)
+        if message.content.strip() or not files:
+            await self.answer(message.content)
+
+    async def add_documents(self, files: list) -> None:
+        chat = cl.user_session.get("chat")
+        if not may_add_documents(self.account(), chat):
+            await cl.ErrorMessage(content=upload_refusal([file.name for file in files])).send()
+            return
+        summaries = []
+        async with cl.Step(name="Add documents", type="tool") as step:
+            step.input = ", ".join(file.name for file in files)
+            for file in files:
+                outcome = await asyncio.to_thread(chat.add_upload, Path(file.path), file.name)
+                summaries.append(outcome.summary())
+                step.output = "\n".join(summaries)
+                await step.update()
+        await cl.Message(content="\n".join(summaries)).send()
+
+    async def answer(self, question: str) -> None:
+        chat = cl.user_session.get("chat")
+        if chat is None or self.account() is None:
+            return await end_session()
+        thread_id = cl.context.session.thread_id
+
+        async def keep_state() -> None:
+            # Before the answer shows as complete: a conversation reopened at that moment
+            # (another tab, a reload) must find the state to continue from.
+            if state := state_to_save(chat):
+                await self.app.history.update_thread(thread_id, metadata=state)
+
+        await render_answer(chat, question, when_complete=keep_state)
+
+    async def export_pdf(self, action: cl.Action) -> None:
+        # The answer is read back from the history, and only from the caller's own threads:
+        # the action's ids come from the browser.
+        step = await self.app.history.get_step(action.forId)
+        owner = await self.app.history.owner_of_step(action.forId)
+        if step is None or owner != cl.user_session.get("user").identifier:
+            await cl.ErrorMessage(content=NOT_YOURS).send()
+            return
+        question = str(action.payload.get("question", ""))
+        pdf = answer_pdf(question, step["output"], self.app.settings.bot_name)
+        await cl.Message(
+            content="The answer as a PDF:",
+            elements=[
+                cl.File(
+                    name=pdf_file_name(question),
+                    content=pdf,
+                    mime="application/pdf",
+                    display="inline",
+                )
+            ],
+        ).send()
