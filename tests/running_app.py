@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 from .conftest import ROOT, environ_without_settings
 
@@ -139,3 +140,29 @@ def sign_in(page: Page, username: str, password: str) -> None:
     page.locator("#email").fill(username)
     page.locator("#password").fill(password)
     page.keyboard.press("Enter")
+
+
+def open_chat(page: Page, app: RunningApp, username: str, password: str) -> Page:
+    """`page` signed in as the user, at a chat whose session is connected."""
+    page.goto(app.url)
+    sign_in(page, username, password)
+    expect(page.locator(ANSWER).first).to_be_visible(timeout=60_000)  # the welcome message
+    return page
+
+
+def ask(page: Page, question: str, timeout: float = 180_000) -> None:
+    """Ask in the chat and wait for the answer to come with its sources."""
+    answers = page.locator(ANSWER)
+    before = answers.count()
+    page.locator("#chat-input").fill(question)
+    page.keyboard.press("Enter")
+    expect(answers.nth(before)).to_contain_text("Sources:", timeout=timeout)
+
+
+@contextmanager
+def signed_in(app: RunningApp, username: str, password: str) -> Iterator[httpx.Client]:
+    """An HTTP client holding the user's session cookie, as a browser would."""
+    with httpx.Client(base_url=app.url, timeout=30) as client:
+        response = client.post("/login", data={"username": username, "password": password})
+        assert response.status_code == 200, response.text
+        yield client

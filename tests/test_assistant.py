@@ -321,7 +321,11 @@ async def test_an_upload_is_searched_in_its_conversation_only(
 @pytest.mark.parametrize(
     ("failures", "expected"),
     [
-        ([Failure(delay=3)] * 3, "The assistant did not answer within 2 s. Try again in a moment."),
+        pytest.param(
+            [Failure(delay=3)] * 3,
+            "The assistant did not answer within 2 s. Try again in a moment.",
+            marks=pytest.mark.slow,  # three timeouts of 2 s
+        ),
         (
             [Failure(status=401)],
             "The assistant refused this server's API key. This is not "

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from .assistant_server import INDEPENDENT, OPENAI, AssistantServer
-from .running_app import ANSWER, CHROMIUM, CHROMIUM_ARGS, RunningApp, running_app, sign_in
+from .running_app import ANSWER, CHROMIUM, CHROMIUM_ARGS, RunningApp, ask, open_chat, running_app
 from .test_browser import sources_of
 
 OTTERS = "Otters hold hands while they sleep so they do not drift apart."
@@ -34,20 +34,8 @@ def assistant_app(
         yield app, server
 
 
-def ask(page: Page, question: str) -> None:
-    answers = page.locator(ANSWER)
-    before = answers.count()
-    page.locator("#chat-input").fill(question)
-    page.keyboard.press("Enter")
-    expect(answers.nth(before)).to_contain_text("Sources:", timeout=60_000)
-
-
 def signed_in_page(browser, app: RunningApp) -> Page:
-    page = browser.new_page()
-    page.goto(app.url)
-    sign_in(page, "admin", app.admin_password)
-    expect(page.locator(ANSWER).first).to_be_visible(timeout=60_000)  # the welcome message
-    return page
+    return open_chat(browser.new_page(), app, "admin", app.admin_password)
 
 
 def test_a_question_streams_an_answer_with_the_cited_file(assistant_app) -> None:

@@ -9,13 +9,13 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from .running_app import ask, signed_in
 from .test_browser import (  # noqa: F401  (app, browser_page and page are fixtures)
     ANSWER,
     CHROMIUM,
@@ -37,14 +37,6 @@ def history_rows(app: RunningApp, query: str, *args: object) -> list[sqlite3.Row
     with sqlite3.connect(app.env["HISTORY_DB_PATH"]) as db:
         db.row_factory = sqlite3.Row
         return db.execute(query, args).fetchall()
-
-
-def ask(page: Page, question: str) -> None:
-    answers = page.locator(ANSWER)
-    before = answers.count()
-    page.locator("#chat-input").fill(question)
-    page.keyboard.press("Enter")
-    expect(answers.nth(before)).to_contain_text("Sources:", timeout=180_000)
 
 
 def stored_rows(app: RunningApp, query: str, *args: object) -> list[sqlite3.Row]:
@@ -188,14 +180,6 @@ def alices_conversation(app: RunningApp) -> dict:
         "elements": elements,
         "feedback": rated.json()["feedbackId"],
     }
-
-
-@contextmanager
-def signed_in(app: RunningApp, username: str, password: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=app.url, timeout=30) as client:
-        response = client.post("/login", data={"username": username, "password": password})
-        assert response.status_code == 200, response.text
-        yield client
 
 
 @pytest.fixture

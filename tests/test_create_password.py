@@ -24,6 +24,8 @@ CREATE_PASSWORD = [sys.executable, str(ROOT / "create_password.py")]
 # The console script `make` installs into the venv (pip install -e . reads [project.scripts]).
 RAGCHAT = Path(sys.executable).parent / "ragchat"
 
+pytestmark = pytest.mark.slow  # each test runs the command line in processes of its own
+
 
 def invoke(
     command: list[str], db_path: Path, *args: str, stdin: str | None = None

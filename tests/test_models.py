@@ -31,6 +31,7 @@ def local_llm() -> LlamaCppChat:
     return llm
 
 
+@pytest.mark.slow  # loads both models
 def test_default_models_are_the_bundled_ones(clean_env: Path) -> None:
     settings = load_settings()
     assert llm_name(settings) == "local SmolLM2-135M-Instruct.Q4_1.gguf (llama.cpp)"

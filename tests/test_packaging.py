@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -67,9 +68,13 @@ def test_the_wheel_has_the_dependencies_the_command_and_the_fonts(tmp_path: Path
 
 
 def test_make_installs_the_project_again_when_pyproject_toml_changes() -> None:
+    # Under `make test` this is a sub-make: MAKEFLAGS and MAKELEVEL would change what it prints.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     planned = subprocess.run(
-        ["make", "--dry-run", "--what-if=pyproject.toml", ".venv/.installed"],
+        ["make", "--dry-run", "--no-print-directory", "--what-if=pyproject.toml"]
+        + [".venv/.installed"],
         cwd=ROOT,
+        env=env,
         check=True,
         capture_output=True,
         text=True,

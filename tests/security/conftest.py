@@ -10,13 +10,17 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from ..running_app import CHROMIUM, CHROMIUM_ARGS, RunningApp, running_app
+from ..running_app import (  # noqa: F401  (signed_in: for the attack tests)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RunningApp,
+    running_app,
+    signed_in,
+)
 
 ALICE = ("alice", "alice's long passphrase")
 BOB = ("bob", "bob's long passphrase")  # an ordinary user, the usual attacker
@@ -39,15 +43,6 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
-
-
-@contextmanager
-def signed_in(app: RunningApp, username: str, password: str) -> Iterator[httpx.Client]:
-    """An HTTP client holding the user's session cookie, as a browser would."""
-    with httpx.Client(base_url=app.url, timeout=30) as client:
-        response = client.post("/login", data={"username": username, "password": password})
-        assert response.status_code == 200, response.text
-        yield client
 
 
 def history_rows(app: RunningApp, query: str, *args: object) -> list[dict]:

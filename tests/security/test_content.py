@@ -13,23 +13,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
 from ragchat.history import FILES_ROUTE
 
-from ..running_app import ANSWER, RunningApp
+from ..running_app import ANSWER, RunningApp, open_chat
 from .conftest import ALICE, CAROL, signed_in, stored_rows
 from .other_site import other_site
-
-
-def open_chat(browser: Browser, app: RunningApp, user: tuple[str, str]) -> Page:
-    page = browser.new_context().new_page()
-    page.goto(app.url)
-    page.locator("#email").fill(user[0])
-    page.locator("#password").fill(user[1])
-    page.keyboard.press("Enter")
-    expect(page.locator(ANSWER).first).to_be_visible(timeout=60_000)
-    return page
 
 
 def csp_of(response: httpx.Response) -> dict[str, list[str]]:
@@ -97,7 +87,7 @@ def test_markdown_images_from_other_sites_are_not_fetched(
             "# Quokka husbandry\n\nQuokkas in the Rottnest enclosure are fed saltbush at dawn.\n\n"
             f"![feeding chart]({tracker.url}/chart.png?from=document)\n",
         )
-        page = open_chat(browser, app, ALICE)
+        page = open_chat(browser.new_context().new_page(), app, *ALICE)
         refused_scripts = []
         page.on(
             "console",
@@ -133,7 +123,8 @@ def test_markdown_images_from_other_sites_are_not_fetched(
 def test_an_uploaded_html_file_comes_back_as_a_download_never_as_a_page(
     app: RunningApp, browser: Browser
 ) -> None:
-    page = open_chat(browser, app, CAROL)  # an admin: her upload is kept in the library too
+    # An admin: her upload is kept in the library too.
+    page = open_chat(browser.new_context().new_page(), app, *CAROL)
     name = f"prize-{uuid.uuid4().hex[:8]}.html"
     with page.expect_response(
         lambda r: "/project/file" in r.url and r.request.method == "POST"

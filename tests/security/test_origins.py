@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from ragchat.web_security import OriginGuard
 
-from ..running_app import ANSWER, RunningApp, free_port, running_app
+from ..running_app import ANSWER, RunningApp, free_port, open_chat, running_app
 from .conftest import ALICE, history_rows, stored_rows
 from .other_site import other_site
 
@@ -79,12 +79,7 @@ async function attack(app, threadId, text) {
 def signed_in_context(browser: Browser, app: RunningApp, user: tuple[str, str]) -> BrowserContext:
     """A browser profile whose user is signed in to the app and has a chat open."""
     context = browser.new_context()
-    page = context.new_page()
-    page.goto(app.url)
-    page.locator("#email").fill(user[0])
-    page.locator("#password").fill(user[1])
-    page.keyboard.press("Enter")
-    expect(page.locator(ANSWER).first).to_be_visible(timeout=60_000)
+    open_chat(context.new_page(), app, *user)
     return context
 
 
