@@ -1,5 +1,6 @@
-"""Manage ragchat's accounts in DB_PATH (default database/auth.db): `ragchat users`, runnable
-without installing the project (on Upsun: `upsun ssh -- python create_password.py add alice`).
+"""Manage ragchat's accounts (in DATABASE_URL, or DB_PATH: default database/auth.db) as
+`ragchat users` does, runnable without installing the project (on Upsun: `upsun ssh -- python
+create_password.py add alice`).
 
     python create_password.py                 print a new password and its argon2id hash
     python create_password.py add alice [--admin] [--password-stdin]

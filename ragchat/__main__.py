@@ -1,5 +1,5 @@
 """Command line: `ragchat` (or `python -m ragchat`) `ingest [--rebuild]`, `eval`,
-`convert-smart`, `users`."""
+`convert-smart`, `users`, `migrate --to postgresql://...`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,44 @@ def ingest(rebuild: bool) -> None:
         ("Rebuilt the index. " if report.rebuilt else "")
         + f"{settings.data_dir}: "
         + report.summary()
+    )
+
+
+@cli.command()
+@click.option(
+    "--to",
+    "target",
+    metavar="POSTGRESQL_URL",
+    help="An empty PostgreSQL database with pgvector, e.g. postgresql://user:pw@host:5432/name "
+    "(default: DATABASE_URL, or on Upsun the postgresql relationship's).",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Delete what the target holds of ragchat first (what a first start made there).",
+)
+def migrate(target: str | None, replace: bool) -> None:
+    """Copy the accounts, conversations and index kept in local files into PostgreSQL, and
+    compare the counts. Nothing is deleted from the files."""
+    setup_logging()
+    logging.getLogger("ragchat").setLevel(logging.WARNING)
+    from ragchat.history import HistorySchemaError
+    from ragchat.migrate import MigrationRefused, check, migrate
+
+    try:
+        settings = load_settings()
+        target = target or settings.database_url
+        if not target:
+            raise MigrationRefused("name the PostgreSQL to copy into: --to postgresql://...")
+        counts = migrate(settings, target, say=click.echo, replace=replace)
+        for count in counts:
+            click.echo(f"  {count.what}: {count.source} here, {count.target} in PostgreSQL")
+        check(counts)
+    except (ConfigError, HistorySchemaError, MigrationRefused) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        "Done. With DATABASE_URL pointing at it (on Upsun: the relationship), restart the app; "
+        "the files stay as they were."
     )
 
 

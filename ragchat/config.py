@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ragchat.database import normalized_url, shown, url_from_upsun
+
 log = logging.getLogger(__name__)
 
 # `chainlit run` puts this in place of OPENAI_API_KEY whenever the CI environment variable is
@@ -66,6 +68,10 @@ class Settings(BaseSettings):
     # proxy every request passes sets to the client's address (Upsun's router: X-Client-IP).
     trusted_proxies: Annotated[list[str], NoDecode] = []
     client_ip_header: str | None = None
+    # PostgreSQL for every store (accounts, conversations, the index), shared by every instance
+    # of the app: postgresql://user:password@host:5432/name. On Upsun, a relationship named
+    # `postgresql` sets it. Empty: everything stays in the local files below.
+    database_url: str | None = Field(None, repr=False)
     # Accounts; the session-signing secret is kept next to it when not set in the environment.
     db_path: Path = Path("database/auth.db")
     # Conversations (messages, feedback) and the files attached to them: sources, PDFs, uploads.
@@ -103,6 +109,9 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(384, ge=16, le=8192)
     llm_context_window: int = Field(4096, ge=512, le=131072)
     llm_threads: int | None = Field(None, ge=1)
+    # Answers an OpenAI-compatible server writes at once; more questions wait in line, told
+    # their place. The local model always writes one at a time.
+    max_concurrent_answers: int = Field(8, ge=1, le=1000)
 
     # Retrieval
     retrieval_mode: Literal["vector", "lexical", "hybrid"] = "hybrid"
@@ -171,6 +180,19 @@ class Settings(BaseSettings):
                     f"{proxy!r} is not an IP address or network, e.g. 127.0.0.1 or 10.0.0.0/8"
                 ) from None
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _is_postgresql(cls, value: str | None) -> str | None:
+        return value if value is None else normalized_url(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_from_upsun(cls, values: object) -> object:
+        if isinstance(values, dict) and not values.get("database_url"):
+            if url := url_from_upsun():
+                values = {**values, "database_url": url}
+        return values
 
     @field_validator("local_llm_path")
     @classmethod
@@ -288,5 +310,7 @@ def _describe(error: dict) -> str:
         return f"Invalid setting: {message}"
     setting = location.split(".")[0].upper()
     got = error.get("input")
-    shown = f"={got!r}" if isinstance(got, (str, int, float)) else ""
-    return f"Invalid setting {setting}{shown}: {message}"
+    if setting == "DATABASE_URL" and isinstance(got, str):
+        got = shown(got)  # never a password in a log
+    value = f"={got!r}" if isinstance(got, (str, int, float)) else ""
+    return f"Invalid setting {setting}{value}: {message}"

@@ -1,11 +1,17 @@
-"""Chat history in SQLite: Chainlit's SQLAlchemy data layer with its schema, its SQLite bugs
-fixed, and a storage client that keeps element files under `database/`.
+"""Chat history: Chainlit's SQLAlchemy data layer with its schema, its bugs fixed, and a storage
+client that keeps element files in a folder (HISTORY_FILES_DIR, shared by every instance).
 
-Chainlit creates no tables, so `migrate()` does, versioned with SQLite's `user_version`.
-Version 1 is the schema Chainlit documents; version 2 adds what Chainlit 2.x writes that the
-documented schema lacks. A database made from Chainlit's documentation is upgraded in place.
+The history is kept in SQLite (HISTORY_DB_PATH), or in PostgreSQL when DATABASE_URL is set
+(history_pg.py): the same tables, the same SQL and the same `HistoryDataLayer` on both. What
+differs (making and upgrading the tables, listing their columns, the engine) is a
+`HistorySchema`, chosen by `history_layer(settings)`.
 
-`HistoryDataLayer` fixes what the base layer gets wrong on SQLite:
+Chainlit creates no tables, so `migrate()` does, versioned (SQLite's `user_version`, a table
+on PostgreSQL). Version 1 is the schema Chainlit documents; version 2 adds what Chainlit 2.x
+writes that the documented schema lacks. A database made from Chainlit's documentation is
+upgraded in place.
+
+`HistoryDataLayer` fixes what the base layer gets wrong:
 - thread and step tags were bound as a Python list (chainlit#2528): they are stored as JSON;
 - a step's `modes` dict was bound as-is (chainlit#2750): JSON as well;
 - steps carry keys with no documented column, such as `autoCollapse` (chainlit#2832): the schema
@@ -20,7 +26,10 @@ documented schema lacks. A database made from Chainlit's documentation is upgrad
   thread named. Every write by id now checks the owner (see `acting_user`);
 - an unknown thread's author was a ValueError (a 500, where another's thread is a 401): it is
   None, and routes.py answers both alike;
-- the user's message was stored in full, however long: it is cut to MAX_QUESTION_CHARS.
+- the user's message was stored in full, however long: it is cut to MAX_QUESTION_CHARS;
+- a NUL character or a lone surrogate in a message (a crafted client can send both) made the
+  write fail, on PostgreSQL for both and on SQLite for the surrogate: the step was lost. Every
+  text is stored with them replaced by U+FFFD (`database.storable`).
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ import logging
 import mimetypes
 import sqlite3
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import aiofiles
@@ -42,10 +52,16 @@ from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.element import ElementDict
 from chainlit.types import Feedback, ThreadDict
+from chainlit.user import PersistedUser, User
 from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ragchat.backends import MAX_QUESTION_CHARS
+from ragchat.database import storable
+
+if TYPE_CHECKING:
+    from ragchat.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -139,52 +155,118 @@ class HistorySchemaError(Exception):
     """The history database cannot be used by this version of ragchat."""
 
 
-def migrate(db_path: Path) -> int:
-    """Create or upgrade the history schema; returns the version it was at before. Safe to run
-    at every start and from several processes (each step is one transaction)."""
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return _migrate(db_path)
-    except sqlite3.DatabaseError as error:
-        raise HistorySchemaError(
-            f"{db_path} cannot be read as a SQLite database ({error}); move it away to start "
-            "with an empty history, or restore a backup"
-        ) from None
+class HistorySchema(Protocol):
+    """What differs between the stores the history can be kept in. SqliteHistory below;
+    PostgresHistory in history_pg.py."""
+
+    def migrate(self) -> int:
+        """Create or upgrade the tables; the version they were at before. Safe to run at every
+        start, from several processes at once; HistorySchemaError when they cannot be used."""
+
+    def columns(self) -> dict[str, set[str]]:
+        """Each table's column names."""
+
+    def engine(self) -> AsyncEngine:
+        """A new engine for Chainlit's layer, with the connection settings the store needs."""
+
+    def exists(self) -> bool:
+        """Whether anything can be stored there yet (a SQLite file not made yet holds nothing)."""
 
 
-def _migrate(db_path: Path) -> int:
-    with sqlite3.connect(db_path, timeout=30, isolation_level=None) as db:
-        db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a streaming answer
-        db.execute("BEGIN IMMEDIATE")
+def history_schema(settings: Settings) -> HistorySchema:
+    """PostgreSQL when DATABASE_URL is set, else the SQLite file HISTORY_DB_PATH."""
+    if settings.database_url:
+        from ragchat.history_pg import PostgresHistory
+
+        return PostgresHistory(settings.database_url)
+    return SqliteHistory(settings.history_db_path)
+
+
+def history_layer(settings: Settings) -> HistoryDataLayer:
+    """The app's chat history, in the store the settings choose (the tables made or upgraded)."""
+    return HistoryDataLayer(history_schema(settings), settings.history_files_dir)
+
+
+def newer_schema(where: str, found: int) -> HistorySchemaError:
+    return HistorySchemaError(
+        f"{where} has history schema version {found}, newer than this ragchat knows "
+        f"({SCHEMA_VERSION}); run the newer ragchat or restore a backup"
+    )
+
+
+def upgrade(
+    found: int, run: Callable[[str], object], columns_of: Callable[[str], set[str]]
+) -> None:
+    """The migration's steps from version `found` on, in the caller's transaction: the same
+    statements on both stores (the schema's types are ones SQLite and PostgreSQL both take)."""
+    if found < 1:
+        for statement in _statements(_DOCUMENTED_SCHEMA):
+            run(statement)
+    if found < 2:
+        for table, columns in _COLUMNS_SINCE_2.items():
+            present = columns_of(table)
+            for column, kind in columns.items():
+                if column not in present:
+                    run(f'ALTER TABLE {table} ADD COLUMN "{column}" {kind}')
+        for statement in _statements(_INDEXES_SINCE_2):
+            run(statement)
+
+
+def _statements(script: str) -> list[str]:
+    # Not sqlite3's executescript(): it commits first, which would split the migration's
+    # transaction.
+    return [statement for statement in script.split(";") if statement.strip()]
+
+
+class SqliteHistory:
+    """The history in one SQLite file (HISTORY_DB_PATH), versioned with its `user_version`."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+
+    def migrate(self) -> int:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            found = db.execute("PRAGMA user_version").fetchone()[0]
-            if found > SCHEMA_VERSION:
-                raise HistorySchemaError(
-                    f"{db_path} has history schema version {found}, newer than this ragchat "
-                    f"knows ({SCHEMA_VERSION}); run the newer ragchat or restore a backup"
-                )
-            if found < 1:
-                _run_script(db, _DOCUMENTED_SCHEMA)
-            if found < 2:
-                for table, columns in _COLUMNS_SINCE_2.items():
-                    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                    for column, kind in columns.items():
-                        if column not in present:
-                            db.execute(f'ALTER TABLE {table} ADD COLUMN "{column}" {kind}')
-                _run_script(db, _INDEXES_SINCE_2)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-    return found
+            return self._migrate()
+        except sqlite3.DatabaseError as error:
+            raise HistorySchemaError(
+                f"{self.db_path} cannot be read as a SQLite database ({error}); move it away to "
+                "start with an empty history, or restore a backup"
+            ) from None
+
+    def _migrate(self) -> int:
+        with sqlite3.connect(self.db_path, timeout=30, isolation_level=None) as db:
+            db.execute("PRAGMA journal_mode=WAL")  # readers do not wait for a streaming answer
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                found = db.execute("PRAGMA user_version").fetchone()[0]
+                if found > SCHEMA_VERSION:
+                    raise newer_schema(str(self.db_path), found)
+                upgrade(found, db.execute, lambda table: _table_columns(db, table))
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        return found
+
+    def columns(self) -> dict[str, set[str]]:
+        with sqlite3.connect(self.db_path) as db:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+            return {table: _table_columns(db, table) for (table,) in tables}
+
+    def engine(self) -> AsyncEngine:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{self.db_path}")
+        event.listen(engine.sync_engine, "connect", _on_connect)
+        return engine
+
+    def exists(self) -> bool:
+        return self.db_path.exists()
 
 
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    # Not executescript(): it commits first, which would split the migration's transaction.
-    for statement in filter(str.strip, script.split(";")):
-        db.execute(statement)
+def _table_columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
 
 def acting_user() -> str | None:
@@ -212,24 +294,21 @@ def cut_for_history(message: str) -> str:
     )
 
 
-def _columns(db_path: Path) -> dict[str, set[str]]:
-    with sqlite3.connect(db_path) as db:
-        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: {row[1] for row in db.execute(f"PRAGMA table_info({t})")} for t in tables}
-
-
 class LocalStorage(BaseStorageClient):
     """Element files on the local disk (Chainlit ships only cloud storage clients).
 
     Object keys name files by user, element and original name, all chosen by others, so the
     file on disk is named by a hash of the key: no name can reach outside the folder. Files are
-    served by FILES_ROUTE only to the owner of the thread they belong to (see routes.py)."""
+    served by FILES_ROUTE only to the owner of the thread they belong to (see routes.py).
+
+    A key is taken as the history stores it (`storable`): the key read back from an element's
+    row then names the same file as the key it was uploaded under."""
 
     def __init__(self, folder: Path):
         self.folder = folder
 
     def path_of(self, object_key: str) -> Path:
-        digest = hashlib.sha256(object_key.encode()).hexdigest()
+        digest = hashlib.sha256(storable(object_key).encode()).hexdigest()
         return self.folder / digest[:2] / digest
 
     async def upload_file(
@@ -255,22 +334,35 @@ class LocalStorage(BaseStorageClient):
         return True
 
     async def get_read_url(self, object_key: str) -> str:
-        return f"{FILES_ROUTE}/{quote(object_key, safe='')}"
+        return f"{FILES_ROUTE}/{quote(storable(object_key), safe='')}"
 
     async def close(self) -> None:
         pass
 
 
 class HistoryDataLayer(SQLAlchemyDataLayer):
-    def __init__(self, db_path: Path, files_folder: Path):
-        migrate(db_path)
-        self.columns = _columns(db_path)
+    def __init__(self, schema: HistorySchema, files_folder: Path):
+        schema.migrate()
+        self.schema = schema
+        self.columns = schema.columns()
         self.storage = LocalStorage(files_folder)
         self._step_writes = asyncio.Lock()
-        super().__init__(conninfo=f"sqlite+aiosqlite:///{db_path}", storage_provider=self.storage)
-        event.listen(self.engine.sync_engine, "connect", _on_connect)
+        engine = schema.engine()
+        super().__init__(
+            conninfo=engine.url.render_as_string(hide_password=False), storage_provider=self.storage
+        )
+        # The base layer builds a bare engine from the URL, before anything connects; the
+        # store's own carries its connection settings (SQLite's PRAGMAs, PostgreSQL's pre-ping).
+        self.engine = engine
+        self.async_session = async_sessionmaker(bind=engine, expire_on_commit=False)
 
     async def execute_sql(self, query: str, parameters: dict) -> list[dict] | int | None:
+        # PostgreSQL refuses NUL in text and asyncpg cannot encode a lone surrogate, nor can
+        # SQLite's driver: the whole write failed, and a user's message was lost.
+        parameters = {
+            key: storable(value) if isinstance(value, str) else value
+            for key, value in parameters.items()
+        }
         async with self.async_session() as session:
             try:
                 async with session.begin():
@@ -282,6 +374,25 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
                 # The base layer logs a warning and carries on, so a lost message went unnoticed.
                 log.error("Chat history: %s failed: %s", _statement(query), error)
                 return None
+
+    # Users
+
+    async def create_user(self, user: User) -> PersistedUser | None:
+        # Chainlit's create_user reads, then inserts: two logins at once (two tabs) both
+        # inserted, and one failed with "UNIQUE constraint failed: users.identifier". One
+        # statement creates or updates (SQLite 3.24+ and PostgreSQL alike).
+        await self.execute_sql(
+            'INSERT INTO users ("id", "identifier", "createdAt", "metadata") '
+            "VALUES (:id, :identifier, :createdAt, :metadata) "
+            'ON CONFLICT ("identifier") DO UPDATE SET "metadata" = excluded."metadata"',
+            {
+                "id": str(uuid.uuid4()),
+                "identifier": user.identifier,
+                "createdAt": await self.get_current_timestamp(),
+                "metadata": json.dumps(user.metadata),
+            },
+        )
+        return await self.get_user(user.identifier)
 
     # Threads
 
@@ -443,6 +554,11 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
             )
             return
         if await self._may_write(element.thread_id or "", "an element"):
+            # Chainlit stores a message's files and creates its thread in separate tasks: the
+            # file may come first, and the thread's foreign key would refuse it. Its create_step
+            # makes the thread first; its create_element does not.
+            if element.thread_id:
+                await self.update_thread(element.thread_id)
             await super().create_element(element)
 
     async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
@@ -466,6 +582,31 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         name = rows[0]["name"]
         mime = rows[0]["mime"] or mimetypes.guess_type(name)[0] or "application/octet-stream"
         return path, name, mime
+
+    # Accounts deleted
+
+    async def delete_conversations(self, user_identifier: str) -> int:
+        """Delete the user, their threads with all steps, elements, feedback and stored files, in
+        one transaction; how many threads went. Feedback on their steps goes too, whatever
+        thread it names (the UI leaves the thread out)."""
+        user = {"user": user_identifier}
+        threads = 'SELECT "id" FROM threads WHERE "userIdentifier" = :user'
+        steps = f'SELECT "id" FROM steps WHERE "threadId" IN ({threads})'
+        files = f'SELECT "objectKey" FROM elements WHERE "threadId" IN ({threads})'
+        async with self.engine.begin() as connection:
+            deleted = len((await connection.execute(text(threads), user)).all())
+            keys = (await connection.execute(text(files), user)).scalars().all()
+            for statement in (
+                f'DELETE FROM feedbacks WHERE "threadId" IN ({threads}) OR "forId" IN ({steps})',
+                f'DELETE FROM elements WHERE "threadId" IN ({threads})',
+                f'DELETE FROM steps WHERE "threadId" IN ({threads})',
+                'DELETE FROM threads WHERE "userIdentifier" = :user',
+                'DELETE FROM users WHERE "identifier" = :user',
+            ):
+                await connection.execute(text(statement), user)
+        for key in filter(None, keys):  # after the commit: a file without its row is only waste
+            await self.storage.delete_file(key)
+        return deleted
 
 
 def thread_title(first_message: str) -> str:
@@ -504,37 +645,18 @@ def _on_connect(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def delete_conversations(db_path: Path, files_folder: Path, user_identifier: str) -> int:
+def delete_conversations(settings: Settings, user_identifier: str) -> int:
     """Delete everything a user left in the history: their threads with all steps, elements,
     feedback and stored files. Returns how many threads went. For deleted accounts."""
-    if not db_path.exists():
+    schema = history_schema(settings)
+    if not schema.exists():
         return 0
-    migrate(db_path)
-    with sqlite3.connect(db_path, timeout=30) as db:
-        threads = [
-            row[0]
-            for row in db.execute(
-                'SELECT "id" FROM threads WHERE "userIdentifier" = ?', (user_identifier,)
-            )
-        ]
-        marks = ",".join("?" * len(threads))
-        keys = [
-            row[0]
-            for row in db.execute(
-                f'SELECT "objectKey" FROM elements WHERE "threadId" IN ({marks}) '
-                'AND "objectKey" IS NOT NULL',
-                threads,
-            )
-        ]
-        db.execute(
-            f'DELETE FROM feedbacks WHERE "threadId" IN ({marks}) OR "forId" IN '
-            f'(SELECT "id" FROM steps WHERE "threadId" IN ({marks}))',
-            threads * 2,
-        )
-        for table, column in (("elements", "threadId"), ("steps", "threadId"), ("threads", "id")):
-            db.execute(f'DELETE FROM {table} WHERE "{column}" IN ({marks})', threads)
-        db.execute('DELETE FROM users WHERE "identifier" = ?', (user_identifier,))
-    storage = LocalStorage(files_folder)
-    for key in keys:  # after the commit: a file without its row is only wasted space
-        storage.path_of(key).unlink(missing_ok=True)
-    return len(threads)
+
+    async def delete() -> int:
+        layer = HistoryDataLayer(schema, settings.history_files_dir)
+        try:
+            return await layer.delete_conversations(user_identifier)
+        finally:
+            await layer.close()
+
+    return asyncio.run(delete())

@@ -1,5 +1,5 @@
-"""The local index: DATA_DIR's documents as chunks in LanceDB, kept in step with the files there,
-which are the source of truth. Which files are read, and why one is refused: documents.py.
+"""The local index: DATA_DIR's documents as chunks (in LanceDB, or in PostgreSQL), kept in step
+with the files there, which are the source of truth. Which files are read, and why one is refused: documents.py.
 
 A sync reads only what changed. Each file's documents (one per PDF page, one for other types)
 have stable ids, `<path inside DATA_DIR>#<n>`, and llama_index's ingestion pipeline upserts them
@@ -7,33 +7,34 @@ against a docstore: new documents are embedded, changed ones replaced, unchanged
 A stat cache (size and modification time, per file) spares re-hashing unchanged files, so a
 sync with nothing to do costs a directory walk whatever the corpus size.
 
-Safety: one sync at a time across processes (a file lock); LanceDB commits each batch
-atomically; the docstore and the stat cache are replaced atomically after each batch; and
+Where the chunks and this bookkeeping are kept (local files, or PostgreSQL shared by several
+instances) is index_stores.py's choice; the sync is the same for both.
+
+Safety: one sync at a time across processes (a file lock, or PostgreSQL's advisory lock across
+instances: the periodic sync skips its turn while another runs, an upload waits); each batch of
+chunks is committed atomically; the docstore and the stat cache are saved after each batch (in
+STORAGE_DIR, replaced atomically; in PostgreSQL, row by row as they change); and
 before a batch is written, whatever an interrupted earlier run left of its documents is
 deleted. A `kill -9` therefore loses at most the batch in flight, which the next sync redoes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-import lancedb
-from filelock import FileLock
 from llama_index.core import SimpleDirectoryReader, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
 from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import Document
-from llama_index.core.storage.docstore import SimpleDocumentStore
+from llama_index.core.storage.docstore import BaseDocumentStore
 from llama_index.readers.file import HTMLTagReader
 from tqdm import tqdm
 
@@ -52,12 +53,11 @@ from ragchat.documents import (
     sha256_of,
     store_upload,
 )
+from ragchat.index_stores import open_index_stores
 from ragchat.models import build_embed_model, build_tokenizer, embed_name
-from ragchat.vector_store import LanceStore
 
 log = logging.getLogger(__name__)
 
-TABLE = "chunks"
 SAMPLE_DOCS = Path(__file__).resolve().parent.parent / "docs"
 _READERS = {".html": HTMLTagReader(tag="body"), ".htm": HTMLTagReader(tag="body")}
 # Metadata kept for bookkeeping and citations, but neither embedded nor shown to the LLM.
@@ -70,8 +70,11 @@ class IndexSyncReport(SyncReport):
     """What a sync did to the local index, and how many chunks it wrote."""
 
     chunks: int = 0
+    busy: bool = False  # another process was syncing, and this sync did not wait for it
 
     def counts(self) -> str:
+        if self.busy:
+            return "another process is syncing the index; this sync was skipped"
         return (
             f"{len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
             f"{len(self.skipped)} skipped; {self.chunks} chunks written in {self.seconds:.1f} s"
@@ -79,13 +82,11 @@ class IndexSyncReport(SyncReport):
 
 
 class Library:
-    """The documents of DATA_DIR and their index under STORAGE_DIR."""
+    """The documents of DATA_DIR and their index."""
 
     def __init__(self, settings: Settings, embed_model: BaseEmbedding):
         self.settings = settings
         self.data_dir = settings.data_dir
-        self._storage = settings.storage_dir
-        self._storage.mkdir(parents=True, exist_ok=True)
         self.embed_model = embed_model
         self._splitter = SentenceSplitter(
             chunk_size=settings.chunk_size,
@@ -98,12 +99,8 @@ class Library:
             "chunk_overlap": settings.chunk_overlap,
         }
         self._process_lock = threading.Lock()
-        self._file_lock = FileLock(self._storage / "sync.lock")
-        # Another process may write the index: look for its commits before each query.
-        self._db = lancedb.connect(
-            str(self._storage / "lancedb"), read_consistency_interval=timedelta(0)
-        )
-        self.store = LanceStore(connection=self._db, table_name=TABLE, mode="create")
+        stores = open_index_stores(settings)
+        self.store, self._ledger, self._lexical = stores.vectors, stores.ledger, stores.lexical
         self._skipped: dict[str, tuple[FileStat, str]] = {}  # reported once per file version
         self._vector_index_checked = False  # once per process, then after each change
 
@@ -114,47 +111,67 @@ class Library:
     def index(self) -> VectorStoreIndex:
         return VectorStoreIndex.from_vector_store(self.store, embed_model=self.embed_model)
 
+    def lexical_retriever(self, depth: int) -> BaseRetriever:
+        """The `depth` best chunks by their words: what hybrid retrieval fuses with vectors."""
+        return self._lexical(depth)
+
     # --- sync ---------------------------------------------------------------------------
 
-    def sync(self, rebuild: bool = False, progress: bool = False) -> IndexSyncReport:
-        """Bring the index in step with DATA_DIR. Safe to call from any thread or process."""
+    def sync(
+        self, rebuild: bool = False, progress: bool = False, wait: bool = True
+    ) -> IndexSyncReport:
+        """Bring the index in step with DATA_DIR. Safe to call from any thread or process.
+        Without `wait`, a sync while another runs does nothing (its report says it was busy):
+        what the periodic sync wants, since the other one does the same work."""
         started = time.monotonic()
         report = IndexSyncReport()
-        with self._process_lock, self._file_lock:
-            recorded = self._read_json("index.json")
-            if recorded and recorded != self._signature:
-                log.warning(
-                    "The index was built with %s; the settings now give %s. Rebuilding it.",
-                    _describe(recorded),
-                    _describe(self._signature),
-                )
-                rebuild = True
-            if rebuild:
-                self._clear()
-                report.rebuilt = True
-            if not recorded or rebuild:
-                self._seed_sample_docs()
-            self._sync(report, progress)
-            if report.changed_anything or not self._vector_index_checked:
-                self.store.keep_vector_index()
-                self._vector_index_checked = True
-            if recorded != self._signature:  # not every few seconds on a shared mount
-                self._write_json("index.json", self._signature)
+        if not self._process_lock.acquire(blocking=wait):
+            report.busy = True
+            return report
+        try:
+            with self._ledger.lock(wait) as held:
+                if held:
+                    self._sync_locked(report, rebuild, progress)
+                else:
+                    report.busy = True
+        finally:
+            self._process_lock.release()
         report.seconds = time.monotonic() - started
         return report
+
+    def _sync_locked(self, report: IndexSyncReport, rebuild: bool, progress: bool) -> None:
+        recorded = self._ledger.signature()
+        if recorded and recorded != self._signature:
+            log.warning(
+                "The index was built with %s; the settings now give %s. Rebuilding it.",
+                _describe(recorded),
+                _describe(self._signature),
+            )
+            rebuild = True
+        if rebuild:
+            self._clear()
+            report.rebuilt = True
+        if not recorded or rebuild:
+            self._seed_sample_docs()
+        self._sync(report, progress)
+        if report.changed_anything or not self._vector_index_checked:
+            self.store.keep_vector_index()
+            self._vector_index_checked = True
+        if recorded != self._signature:  # not every few seconds on a shared mount
+            self._ledger.keep_signature(self._signature)
 
     def _sync(self, report: IndexSyncReport, progress: bool) -> None:
         if (on_disk := documents_in(self.data_dir)) is None:
             return
-        recorded = self._read_json("stats.json")
-        stats = {name: FileStat(size, mtime_ns) for name, (size, mtime_ns, _) in recorded.items()}
-        hashes = {name: sha for name, (_, _, sha) in recorded.items()}
+        recorded = self._ledger.files()
+        stats = {name: stat for name, (stat, _) in recorded.items()}
+        hashes = {name: sha for name, (_, sha) in recorded.items()}
         known_bad = {n for n, (stat, _) in self._skipped.items() if on_disk.get(n) == stat}
         report.skipped = {name: self._skipped[name][1] for name in known_bad}
         if stats == {n: s for n, s in on_disk.items() if n not in known_bad}:
             return  # the common case: nothing to do, and not even the docstore to load
 
-        docstore = self._load_docstore()
+        docstore = self._ledger.docstore()
         indexed = _documents_by_file(docstore)
         for name in sorted(set(indexed) - set(on_disk)):
             self.store.delete_ref_docs(indexed[name])
@@ -210,7 +227,7 @@ class Library:
         bar.close()
         self._save(docstore, stats, hashes)
 
-    def _pipeline(self, docstore: SimpleDocumentStore) -> IngestionPipeline:
+    def _pipeline(self, docstore: BaseDocumentStore) -> IngestionPipeline:
         return IngestionPipeline(
             transformations=[self._splitter, self.embed_model],
             vector_store=self.store,
@@ -262,36 +279,12 @@ class Library:
 
     # --- storage ------------------------------------------------------------------------
 
-    def _load_docstore(self) -> SimpleDocumentStore:
-        path = self._storage / "docstore.json"
-        return (
-            SimpleDocumentStore.from_persist_path(str(path))
-            if path.exists()
-            else SimpleDocumentStore()
-        )
-
-    def _save(self, docstore: SimpleDocumentStore, stats: dict, hashes: dict) -> None:
-        temporary = self._storage / "docstore.json.tmp"
-        docstore.persist(str(temporary))
-        os.replace(temporary, self._storage / "docstore.json")
-        self._write_json(
-            "stats.json",
-            {name: [stat.size, stat.mtime_ns, hashes[name]] for name, stat in stats.items()},
-        )
-
-    def _read_json(self, name: str) -> dict:
-        path = self._storage / name
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    def _write_json(self, name: str, value: dict) -> None:
-        temporary = self._storage / f"{name}.tmp"
-        temporary.write_text(json.dumps(value))
-        os.replace(temporary, self._storage / name)
+    def _save(self, docstore: BaseDocumentStore, stats: dict, hashes: dict) -> None:
+        self._ledger.save(docstore, {name: (stat, hashes[name]) for name, stat in stats.items()})
 
     def _clear(self) -> None:
         self.store.drop()
-        for name in ("docstore.json", "stats.json"):
-            (self._storage / name).unlink(missing_ok=True)
+        self._ledger.clear()
         self._skipped.clear()
 
     def _seed_sample_docs(self) -> None:
@@ -315,7 +308,7 @@ def add_upload(library: Library, source: Path, original_name: str) -> UploadOutc
     stored_as, is_new = store_upload(source, original_name, library.data_dir)
     if not is_new:
         return UploadOutcome(original_name, stored_as, duplicate=True)
-    report = library.sync()
+    report = library.sync()  # waits for another sync: the user wants this file indexed
     if stored_as in report.skipped:
         (library.data_dir / stored_as).unlink(missing_ok=True)
         return UploadOutcome(original_name, problem=report.skipped[stored_as])
@@ -325,7 +318,7 @@ def add_upload(library: Library, source: Path, original_name: str) -> UploadOutc
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _documents_by_file(docstore: SimpleDocumentStore) -> dict[str, list[str]]:
+def _documents_by_file(docstore: BaseDocumentStore) -> dict[str, list[str]]:
     """The ids of each file's documents: `<file>#<n>`, as recorded with their hashes."""
     files: dict[str, list[str]] = {}
     for doc_id in docstore.get_all_document_hashes().values():

@@ -17,22 +17,27 @@ import chainlit as cl
 from chainlit.input_widget import Select, Slider
 from chainlit.types import ThreadDict
 
-from ragchat.auth import User
+from ragchat.auth import User, UserStore
 from ragchat.backends import (
     TOP_K_MIN,
     AnswerFailed,
     Chat,
     Image,
     QuestionRejected,
+    Queued,
     SettingsRejected,
+    Source,
     Sources,
     Step,
     Token,
     group_by_label,
 )
 from ragchat.pdf import answer_pdf, pdf_file_name
+from ragchat.queue_notice import QueueNotice
+from ragchat.quotes import Cited, cited, quote_block, side_passage
 from ragchat.startup import App
-from ragchat.tokens import revoked
+from ragchat.support import Quote, supporting_sentences, unsupported_terms
+from ragchat.tokens import ACCOUNT_READS, revoked
 from ragchat.transcript import exchanges, stored_answer, turns_from_thread, with_sources
 
 log = logging.getLogger(__name__)
@@ -108,13 +113,31 @@ async def render_answer(
     """The chat's answer to `question`, streamed as a message with its steps, pictures and
     sources, or what stopped it. `when_complete` runs once the whole answer is in, before the
     user sees it complete."""
+    notice = QueueNotice()
+    try:
+        await _render_answer(chat, question, notice, when_complete)
+    finally:
+        await notice.clear()
+
+
+async def _render_answer(
+    chat: Chat,
+    question: str,
+    notice: QueueNotice,
+    when_complete: Callable[[], Awaitable[None]] | None,
+) -> None:
     reply = cl.Message(content="")
     sources = Sources(items=())
+    passages: dict[Source, None] = {}  # every passage the answer was written from
+    quotes: list[Quote] = []
     pictures: list[cl.Image] = []
     try:
         async for event in chat.ask(question):
             match event:
+                case Queued():
+                    await notice.show(event)
                 case Token(text):
+                    await notice.clear()
                     await reply.stream_token(text)
                 case Step(name, step_input, output, step_type):
                     async with cl.Step(name=name, type=step_type) as step:
@@ -122,38 +145,61 @@ async def render_answer(
                         step.output = output
                 case Sources():
                     sources = event
+                    passages.update(dict.fromkeys(event.items))
+                    if not reply.content:  # before the answer: quote what supports one
+                        quotes = await show_quotes(reply, question, event.items)
                 case Image(name, url):
                     pictures.append(cl.Image(name=name, url=url, display="inline"))
     except QuestionRejected as rejection:
         await cl.ErrorMessage(content=str(rejection)).send()
         return
     except AnswerFailed as failure:
-        if not failure.partial:
+        if not (failure.partial or reply.content):
             await cl.ErrorMessage(content=str(failure)).send()
             return
         # Never silently cut: what arrived is kept, marked as incomplete.
-        await send_answer(reply, note=f"\n\n*Incomplete answer: {failure}*")
+        note = f"\n\n*Incomplete answer: {failure}*"
+        await send_answer(reply, note=note, quotes=cited(quotes))
         return
     except Exception:
         log.exception("Answering %r failed", question[:200])
-        await send_answer(reply, note=SERVER_ERROR)
+        await send_answer(reply, note=SERVER_ERROR, quotes=cited(quotes))
         return
     groups = group_by_label(sources.items)
     # Chainlit links each side element from the message text that names it.
     reply.elements = pictures + [
-        cl.Text(name=label, content="\n\n---\n\n".join(s.text for s in group), display="side")
+        cl.Text(name=label, content=side_passage(group, quotes), display="side")
         for label, group in groups.items()
     ]
+    unsupported: list[str] = []
     if groups:
         reply.actions = [pdf_action(question)]
+        answer = reply.content.removeprefix(quote_block(cited(quotes)))
+        unsupported = await asyncio.to_thread(unsupported_terms, answer, list(passages))
     if when_complete is not None:
         await when_complete()
-    await send_answer(reply, labels=list(groups))
+    await send_answer(reply, list(groups), quotes=cited(quotes), unsupported=unsupported)
 
 
-async def send_answer(reply: cl.Message, labels: Sequence[str] = (), note: str = "") -> None:
-    """The answer, marked as the answer to the question, with the sources it cites."""
-    reply.content, reply.metadata = with_sources(reply.content + note, labels)
+async def show_quotes(reply: cl.Message, question: str, passages: Sequence[Source]) -> list[Quote]:
+    """The sentences of the passages that best support an answer to the question, streamed as
+    the start of the reply, before the answer is written (ragchat/support.py finds them)."""
+    quotes = await asyncio.to_thread(supporting_sentences, question, passages)
+    if quotes:
+        await reply.stream_token(quote_block(cited(quotes)))
+    return quotes
+
+
+async def send_answer(
+    reply: cl.Message,
+    labels: Sequence[str] = (),
+    note: str = "",
+    quotes: Sequence[Cited] = (),
+    unsupported: Sequence[str] = (),
+) -> None:
+    """The answer, marked as the answer to the question, with what backs it: the sentences
+    quoted before it (already streamed), the terms no passage holds, the sources it cites."""
+    reply.content, reply.metadata = with_sources(reply.content + note, labels, quotes, unsupported)
     await reply.send()
 
 
@@ -192,6 +238,13 @@ async def apply_settings(chat: Chat, values: dict) -> None:
     cl.context.session.chat_settings = kept_settings(chat)
 
 
+
+
+def current_account(users: UserStore, token: str, username: str) -> User | None:
+    """The account behind a session's token, unless the token is no longer its account's."""
+    return None if revoked(users, token) else users.get(username)
+
+
 async def end_session() -> None:
     await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
 
@@ -202,18 +255,24 @@ class ChatPresenter:
     def __init__(self, app: App):
         self.app = app
 
-    def account(self) -> User | None:
+    async def account(self) -> User | None:
         """The signed-in account, or None once it was disabled, deleted or its password reset:
-        a websocket opened before that is still connected, so each chat event checks again."""
+        a websocket opened before that is still connected, so each chat event checks again.
+        Read in a worker thread: an SQLite read waits while a sign-in writes (under load,
+        bench/load.py --watch-loop caught it holding the event loop for 219 ms)."""
         session = cl.context.session
-        if not session.token or revoked(self.app.users, session.token):
+        if not session.token:
             return None
-        return self.app.users.get(session.user.identifier)
+        return await asyncio.get_running_loop().run_in_executor(
+            ACCOUNT_READS, current_account, self.app.users, session.token, session.user.identifier
+        )
 
     async def start_chat(self) -> None:
-        if self.account() is None:
+        if (account := await self.account()) is None:
             return await end_session()
-        chat = self.app.backend.new_chat()
+        # llama_index makes a chat's memory by running its async set-up in a thread of its own
+        # and waiting for it (asyncio_run): wait here without holding the event loop.
+        chat = await asyncio.to_thread(self.app.backend.new_chat, person=account.username)
         cl.user_session.set("chat", chat)
         await send_settings_panel(chat)
         starters = [
@@ -223,10 +282,13 @@ class ChatPresenter:
         await cl.Message(content=self.app.settings.welcome_message, actions=starters).send()
 
     async def resume_chat(self, thread: ThreadDict) -> None:
-        if self.account() is None:
+        if (account := await self.account()) is None:
             return await end_session()
-        chat = self.app.backend.new_chat(
-            history=turns_from_thread(thread), state=saved_state(thread)
+        chat = await asyncio.to_thread(
+            self.app.backend.new_chat,
+            history=turns_from_thread(thread),
+            state=saved_state(thread),
+            person=account.username,
         )
         if saved := cl.context.session.chat_settings:  # restored by Chainlit from the thread
             await apply_settings(chat, saved)
@@ -261,7 +323,7 @@ class ChatPresenter:
 
     async def add_documents(self, files: list) -> None:
         chat = cl.user_session.get("chat")
-        if not may_add_documents(self.account(), chat):
+        if not may_add_documents(await self.account(), chat):
             await cl.ErrorMessage(content=upload_refusal([file.name for file in files])).send()
             return
         summaries = []
@@ -276,7 +338,7 @@ class ChatPresenter:
 
     async def answer(self, question: str) -> None:
         chat = cl.user_session.get("chat")
-        if chat is None or self.account() is None:
+        if chat is None or await self.account() is None:
             return await end_session()
         thread_id = cl.context.session.thread_id
 
@@ -297,7 +359,10 @@ class ChatPresenter:
             await cl.ErrorMessage(content=NOT_YOURS).send()
             return
         question = str(action.payload.get("question", ""))
-        pdf = answer_pdf(question, step["output"], self.app.settings.bot_name)
+        # Laying out a PDF takes 0.3 s or more: not on the loop that every chat shares.
+        pdf = await asyncio.to_thread(
+            answer_pdf, question, step["output"], self.app.settings.bot_name
+        )
         await cl.Message(
             content="The answer as a PDF:",
             elements=[

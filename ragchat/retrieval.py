@@ -1,16 +1,15 @@
 """The retriever the app answers from and the evaluation measures: vector, lexical or hybrid.
 
-- vector: embedding similarity in LanceDB;
-- lexical: BM25 with English stemming and stop words (llama_index's bm25s retriever) over the
-  same chunks, file name included;
+- vector: embedding similarity (LanceDB, or pgvector);
+- lexical: the chunks' words, file name included: BM25 with English stemming and stop words
+  (bm25.py), or PostgreSQL's full-text search (pg_index.py);
 - hybrid: both, fused by reciprocal rank (llama_index's QueryFusionRetriever).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import weakref
+import asyncio
+from collections.abc import Callable
 from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field
@@ -20,13 +19,9 @@ from llama_index.core.retrievers import BaseRetriever, QueryFusionRetriever
 from llama_index.core.retrievers.fusion_retriever import FUSION_MODES
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import VectorStoreQuery
-from llama_index.retrievers.bm25 import BM25Retriever
 
 from ragchat.config import Settings
 from ragchat.ingest import Library
-
-# bm25s sets its own logger to DEBUG when imported.
-logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 Mode = Literal["vector", "lexical", "hybrid"]
 # How deep each retriever looks before fusion: rank fusion needs more than the final top-k.
@@ -36,13 +31,22 @@ _FUSION_DEPTH = 30
 def build_retriever(
     library: Library, settings: Settings, top_k: int | None = None, mode: Mode | None = None
 ) -> BaseRetriever:
-    top_k = top_k or settings.top_k
-    mode = mode or settings.retrieval_mode
-    chunks = library.store.count()
-    if mode == "vector" or chunks == 0:
+    """The retriever for `mode`, made when it is used: making it reads the index's size and
+    version and may build the BM25 index again, a BM25 search is CPU work, and on PostgreSQL
+    each search waits on the database. Awaited
+    (`aretrieve`, as the chat does), all of that runs in a worker thread, so the event loop
+    that serves every user never waits on it."""
+    return _InWorkerThread(
+        lambda: _retriever(
+            library, settings, top_k or settings.top_k, mode or settings.retrieval_mode
+        )
+    )
+
+
+def _retriever(library: Library, settings: Settings, top_k: int, mode: Mode) -> BaseRetriever:
+    if mode == "vector":
         return library.index().as_retriever(similarity_top_k=top_k)
-    # bm25s cannot return more than it holds.
-    lexical = _lexical(library, min(max(top_k, _FUSION_DEPTH), chunks))
+    lexical = library.lexical_retriever(max(top_k, _FUSION_DEPTH))
     if mode == "lexical":
         return _Truncated(lexical, top_k)
     return QueryFusionRetriever(
@@ -55,22 +59,16 @@ def build_retriever(
     )
 
 
-_lexical_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_lexical_lock = threading.Lock()
+class _InWorkerThread(BaseRetriever):
+    def __init__(self, make: Callable[[], BaseRetriever]):
+        super().__init__()
+        self._make = make
 
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return self._make().retrieve(query_bundle)
 
-def _lexical(library: Library, depth: int) -> BM25Retriever:
-    """A BM25 index of the library's chunks, built again only when the index has changed
-    (in this process or another: the LanceDB table's version tells)."""
-    version = library.store.version()
-    with _lexical_lock:
-        cached = _lexical_cache.get(library)
-        if cached is None or cached[:2] != (version, depth):
-            bm25 = BM25Retriever.from_defaults(
-                nodes=library.store.all_nodes(), similarity_top_k=depth
-            )
-            cached = _lexical_cache[library] = (version, depth, bm25)
-        return cached[2]
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._retrieve, query_bundle)
 
 
 class _Truncated(BaseRetriever):

@@ -7,10 +7,10 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from ragchat.auth import UserStore, create_first_admin, ensure_auth_secret
+from ragchat.auth import UserStore, create_first_admin, ensure_auth_secret, user_store
 from ragchat.backends import Backend, create_backend
 from ragchat.config import ConfigError, Settings, load_settings
-from ragchat.history import HistoryDataLayer, HistorySchemaError
+from ragchat.history import HistoryDataLayer, HistorySchemaError, history_layer
 from ragchat.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,9 @@ def start() -> App:
     setup_logging()
     try:
         settings = load_settings()
-        users = UserStore(settings.db_path)
-        ensure_auth_secret(settings.db_path.parent)
-        history = HistoryDataLayer(settings.history_db_path, settings.history_files_dir)
+        users = user_store(settings)
+        ensure_auth_secret(users)
+        history = history_layer(settings)
         backend = create_backend(settings)
     except (ConfigError, HistorySchemaError) as error:
         sys.exit(f"ragchat cannot start: {error}")
@@ -48,7 +48,8 @@ async def keep_in_sync(backend: Backend, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            report = await asyncio.to_thread(backend.sync)
+            # Skipped while another instance syncs: it does the same work.
+            report = await asyncio.to_thread(backend.sync, wait=False)
         except Exception:
             log.exception("Syncing the documents failed; trying again in %s s", interval)
             continue

@@ -22,6 +22,9 @@ Socket.IO joins them with commas, and one header leaves them nothing to disagree
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 from chainlit.auth import clear_auth_cookie, decode_jwt, get_token_from_cookies
 from chainlit.user import User as SessionUser
 from fastapi.security.utils import get_authorization_scheme_param
@@ -39,6 +42,13 @@ def session_user(account: User) -> SessionUser:
     return SessionUser(identifier=account.username, metadata={SESSION_KEY: account.session_key})
 
 
+# Account checks are quick reads, but reads of a database (a network round trip with
+# PostgreSQL), made for every request and chat event: not on the event loop, and in a pool of
+# their own, so that they never wait behind the embeddings and searches in asyncio's default
+# pool (under load a user asking could wait there for a second, and so learn their place late).
+ACCOUNT_READS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="account check")
+
+
 class RevokedTokens:
     """ASGI middleware: requests with a revoked session token reach Chainlit without it."""
 
@@ -54,15 +64,15 @@ class RevokedTokens:
         for name, value in scope["headers"]:
             if name.lower() == b"cookie":
                 cookies.append(value.decode("latin-1"))
-            elif name.lower() != b"authorization" or not any(
-                self.revoked(token) for token in _bearer_tokens(value.decode("latin-1"))
+            elif name.lower() != b"authorization" or not await self.any_revoked(
+                _bearer_tokens(value.decode("latin-1"))
             ):
                 headers.append((name, value))
         deletions: list[bytes] = []
         if cookies:
             cookie = "; ".join(cookies)
             token = get_token_from_cookies(cookie_parser(cookie))
-            if token and self.revoked(token):
+            if token and await self.any_revoked({token}):
                 cookie, deletions = _without_auth_cookies(cookie)
             if cookie:
                 headers.append((b"cookie", cookie.encode("latin-1")))
@@ -70,8 +80,12 @@ class RevokedTokens:
             send = _deleting_cookies(send, deletions)
         await self.app({**scope, "headers": headers}, receive, send)
 
-    def revoked(self, token: str) -> bool:
-        return revoked(self.users, token)
+    async def any_revoked(self, tokens: set[str]) -> bool:
+        loop = asyncio.get_running_loop()
+        for token in tokens:
+            if await loop.run_in_executor(ACCOUNT_READS, revoked, self.users, token):
+                return True
+        return False
 
 
 def revoked(users: UserStore, token: str) -> bool:

@@ -3,8 +3,12 @@ stored thread read back as questions and answers.
 
 An answer's step carries the labels of its sources in its metadata (`{"sources": [...]}`, an
 empty list for an answer that cites none); its text ends with the "Sources:" line the user
-reads. What is decided later (a resumed answer's PDF button, the memory a resumed chat starts
-from) reads the metadata, never the text.
+reads. The sentences quoted above the answer and the terms no passage holds are part of the text
+too, so a resumed conversation shows exactly what was shown, and the metadata names them
+(`"quotes": [{"sentence", "source"}]`, `"unsupported": [...]`, only when there are any). What is
+decided later (a resumed answer's PDF button, the memory a resumed chat starts from) reads the
+metadata, never the text: the model's memory gets its own words, without the quotes or lines the
+app added.
 """
 
 from __future__ import annotations
@@ -17,14 +21,24 @@ from chainlit.step import StepDict
 from chainlit.types import ThreadDict
 
 from ragchat.backends import Turn
+from ragchat.quotes import Cited, quote_block, unsupported_line
 
-SOURCES = "sources"  # the answer step's metadata key
+SOURCES, QUOTES, UNSUPPORTED = "sources", "quotes", "unsupported"  # the answer's metadata keys
 
 
-def with_sources(text: str, labels: Sequence[str]) -> tuple[str, dict]:
-    """An answer's text as shown, with the "Sources:" line when it cites any (Chainlit links
-    each label to the side element of that name), and the metadata stored with it."""
-    return text + _sources_line(labels), {SOURCES: list(labels)}
+def with_sources(
+    shown: str, labels: Sequence[str], quotes: Sequence[Cited] = (), unsupported: Sequence[str] = ()
+) -> tuple[str, dict]:
+    """An answer's text as shown (`shown`: the quote block of `quotes`, if any, then the answer),
+    with the line naming the `unsupported` terms and the "Sources:" line when it cites any
+    (Chainlit links each label to the side element of that name), and the metadata stored with
+    it."""
+    metadata: dict = {SOURCES: list(labels)}
+    if quotes:
+        metadata[QUOTES] = [{"sentence": sentence, "source": label} for sentence, label in quotes]
+    if unsupported:
+        metadata[UNSUPPORTED] = list(unsupported)
+    return shown + unsupported_line(unsupported) + _sources_line(labels), metadata
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,11 @@ def stored_answer(step: StepDict) -> StoredAnswer:
     labels = _stored_labels(step)
     if labels is None:
         return _stored_by_previous_version(output)
-    return StoredAnswer(output.removesuffix(_sources_line(labels)).strip(), bool(labels))
+    metadata = step["metadata"]
+    text = output.removesuffix(_sources_line(labels))
+    text = text.removesuffix(unsupported_line(_strings(metadata.get(UNSUPPORTED))))
+    text = text.removeprefix(quote_block(_stored_quotes(metadata)).rstrip())
+    return StoredAnswer(text.strip(), bool(labels))
 
 
 def exchanges(thread: ThreadDict) -> list[tuple[StepDict, StepDict]]:
@@ -83,6 +101,18 @@ def _stored_labels(answer: StepDict) -> list[str] | None:
     if isinstance(labels, list) and all(isinstance(label, str) for label in labels):
         return labels
     return None
+
+
+def _strings(value: object) -> list[str]:
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else []
+
+
+def _stored_quotes(metadata: dict) -> list[Cited]:
+    quotes = metadata.get(QUOTES)
+    if not isinstance(quotes, list) or not all(isinstance(q, dict) for q in quotes):
+        return []
+    cited = [(q.get("sentence"), q.get("source")) for q in quotes]
+    return cited if all(isinstance(part, str) for pair in cited for part in pair) else []
 
 
 def _answer_among(replies: list[StepDict]) -> StepDict:

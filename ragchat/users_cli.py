@@ -1,4 +1,5 @@
-"""`ragchat users`: the accounts in DB_PATH (default database/auth.db).
+"""`ragchat users`: the accounts in DATABASE_URL's PostgreSQL when set, otherwise in DB_PATH
+(default database/auth.db).
 
     ragchat users                              print a new password and its argon2id hash
     ragchat users add alice [--admin] [--password-stdin]
@@ -16,7 +17,7 @@ import sys
 
 import click
 
-from ragchat.auth import AccountError, UserStore, generate_password, hash_password
+from ragchat.auth import AccountError, UserStore, generate_password, hash_password, user_store
 from ragchat.config import ConfigError, Settings, load_settings
 
 
@@ -27,8 +28,11 @@ def _settings() -> Settings:
         raise click.ClickException(str(error)) from None
 
 
-def _store() -> UserStore:
-    return UserStore(_settings().db_path)
+def _store(settings: Settings | None = None) -> UserStore:
+    try:
+        return user_store(settings or _settings())
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _new_password(from_stdin: bool) -> tuple[str, bool]:
@@ -51,7 +55,7 @@ def _run(action, *args):
 @click.group(invoke_without_command=True)
 @click.pass_context
 def users(context: click.Context) -> None:
-    """Manage ragchat's accounts in DB_PATH (default database/auth.db).
+    """Manage ragchat's accounts (in DATABASE_URL, or DB_PATH: default database/auth.db).
 
     Without a command: print a new password and its argon2id hash.
     """
@@ -104,11 +108,9 @@ def delete(username: str) -> None:
     from ragchat.history import HistorySchemaError, delete_conversations  # loads Chainlit
 
     settings = _settings()
-    _run(UserStore(settings.db_path).delete, username)
+    _run(_store(settings).delete, username)
     try:
-        threads = delete_conversations(
-            settings.history_db_path, settings.history_files_dir, username
-        )
+        threads = delete_conversations(settings, username)
     except HistorySchemaError as error:
         raise click.ClickException(
             f"Deleted {username}, but not their conversations: {error}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,38 @@ def guide_backend(tmp_path_factory: pytest.TempPathFactory):
         yield create_backend(settings)
     finally:
         os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server with pgvector, started once for the whole run."""
+    from .postgres_server import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["files", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Each store a test uses: the embedded default (None: local files) and PostgreSQL (a
+    database of the test's own). The same test runs against both."""
+    if request.param == "files":
+        yield None
+        return
+    from .postgres_server import new_database
+
+    with new_database(request.getfixturevalue("postgres")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium (Debian's: Playwright cannot download its own here), for a module's tests."""
+    from playwright.sync_api import sync_playwright
+
+    from .running_app import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

@@ -25,7 +25,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Response, expect
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from ragchat import database
 
 from .conftest import ROOT, environ_without_settings
 
@@ -80,7 +84,12 @@ class RunningApp:
     def create_password(self, *args: str, stdin: str | None = None) -> str:
         result = subprocess.run(
             [sys.executable, "create_password.py", *args],
-            input=stdin, env=self.env, cwd=ROOT, capture_output=True, text=True, check=True,
+            input=stdin,
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return result.stdout
 
@@ -112,28 +121,36 @@ def app_environment(root: Path, port: int, **settings: str) -> dict[str, str]:
 @contextmanager
 def running_app(root: Path, **settings: str) -> Iterator[RunningApp]:
     """The README's run command with the settings given, until the block ends."""
-    port = free_port()
-    env = app_environment(root, port, **settings)
+    env = app_environment(root, free_port(), **settings)
     log = root / "app.log"
+    # On a machine where `make test` already installed everything this takes seconds.
+    with served(ROOT, env, log, timeout=1200) as url:
+        started = log.read_text()
+        password = re.search(r'administrator "admin" with\nthe password\n\n {4}(\S+)\n', started)
+        assert password, "the first start prints the admin's password"
+        yield RunningApp(url, env, password.group(1), log)
+
+
+@contextmanager
+def served(code: Path, env: dict[str, str], log: Path, timeout: float) -> Iterator[str]:
+    """The README's run command in the tree `code` with `env` (from app_environment), its
+    output in `log`; its URL once it serves, until the block ends."""
     with log.open("w") as output:
         process = subprocess.Popen(
             shlex.split(readme_run_command()),
-            cwd=ROOT,
+            cwd=code,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # so the whole process group can be stopped
         )
     try:
-        # On a machine where `make test` already installed everything this takes seconds.
-        wait_until_served(f"http://127.0.0.1:{port}/", process, log, timeout=1200)
-        started = log.read_text()
-        password = re.search(r'administrator "admin" with\nthe password\n\n {4}(\S+)\n', started)
-        assert password, "the first start prints the admin's password"
-        yield RunningApp(f"http://127.0.0.1:{port}", env, password.group(1), log)
+        url = f"http://127.0.0.1:{env['CHAINLIT_PORT']}"
+        wait_until_served(url + "/", process, log, timeout)
+        yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        process.wait(timeout=60)
 
 
 def sign_in(page: Page, username: str, password: str) -> None:
@@ -157,6 +174,69 @@ def ask(page: Page, question: str, timeout: float = 180_000) -> None:
     page.locator("#chat-input").fill(question)
     page.keyboard.press("Enter")
     expect(answers.nth(before)).to_contain_text("Sources:", timeout=timeout)
+
+
+def send_with_file(page: Page, name: str, mime: str, content: bytes, text: str) -> Response:
+    """Attach a file, as a user does, and send it with `text`; the upload's response."""
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and "/project/file?" in r.url
+    ) as uploaded:
+        page.locator('input[type="file"]').first.set_input_files(
+            files=[{"name": name, "mimeType": mime, "buffer": content}]
+        )
+    assert uploaded.value.status == 200, uploaded.value.text()
+    page.locator("#chat-input").fill(text)
+    # Chainlit keeps the send button disabled until it has marked the attachment uploaded, a
+    # moment after the response: Enter pressed before then sends nothing.
+    expect(page.locator("#chat-submit")).to_be_enabled()
+    page.keyboard.press("Enter")
+    return uploaded.value
+
+
+def resume_from_sidebar(page: Page, question: str) -> None:
+    """Open the conversation that began with `question` from the sidebar, and wait until its
+    chat is resumed on the socket: the thread shows first (read over HTTP), and the answers'
+    PDF buttons, which Chainlit does not store, come back once the chat is resumed."""
+    thread = page.locator('li[id^="thread-"]').filter(has_text=question)
+    expect(thread).to_have_count(1, timeout=30_000)
+    thread.click()
+    expect(page.locator('[data-step-type="user_message"]')).to_have_text(
+        [question], timeout=30_000
+    )
+    expect(page.get_by_role("button", name="Download PDF")).to_have_count(1, timeout=60_000)
+
+
+def store_rows(app: RunningApp, store: str, query: str, *args: object) -> list[dict]:
+    """Rows of the app's `store` ("history" or "accounts"), wherever its settings keep it: the
+    SQLite files, or DATABASE_URL's PostgreSQL. `?` marks each of `args`, as in sqlite3."""
+    parts = query.split("?")
+    statement = "".join(
+        part + (f":p{n}" if n < len(parts) - 1 else "") for n, part in enumerate(parts)
+    )
+    values = {f"p{n}": value for n, value in enumerate(args)}
+    if url := app.env.get("DATABASE_URL"):
+        engine = database.engine(url)
+    else:
+        path = app.env["HISTORY_DB_PATH" if store == "history" else "DB_PATH"]
+        engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    with engine.begin() as connection:
+        result = connection.execute(text(statement), values)
+        return [dict(row) for row in result.mappings()] if result.returns_rows else []
+
+
+def accounts_table(app: RunningApp) -> str:
+    """The accounts' table: `users` in SQLite, `accounts` in PostgreSQL (beside Chainlit's)."""
+    return "accounts" if app.env.get("DATABASE_URL") else "users"
+
+
+def auth_secret(app: RunningApp) -> str:
+    """The secret the app generated to sign sessions, where it keeps it."""
+    if app.env.get("DATABASE_URL"):
+        [row] = store_rows(
+            app, "accounts", "SELECT value FROM app_secrets WHERE name = 'chainlit_auth_secret'"
+        )
+        return row["value"]
+    return (Path(app.env["DB_PATH"]).parent / "chainlit_auth_secret").read_text().strip()
 
 
 @contextmanager

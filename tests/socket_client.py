@@ -92,6 +92,8 @@ class ChatClient:
         self._arrived = asyncio.Condition()
         self._socket = socketio.AsyncClient(reconnection=False)
         self._socket.on("*", self._record)
+        self._socket.on("disconnect", self._dropped)
+        self.dropped = False  # the connection has closed (or close() closed it)
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -157,6 +159,10 @@ class ChatClient:
         exchange.events = self.events[start:]
         return exchange
 
+    async def stop(self) -> None:
+        """Press the stop button: Chainlit cancels the message's handler."""
+        await self._socket.emit("stop")
+
     async def edit(self, step_id: str, text: str, timeout: float = 300) -> Exchange:
         """Edit a message of this chat, as the pen under a question does: Chainlit replaces its
         text and answers it again."""
@@ -199,6 +205,17 @@ class ChatClient:
                 depth = max(depth - 1, 0)
         return began and depth == 0
 
-    async def _wait(self, condition: Callable[[], bool], timeout: float) -> None:
+    async def _dropped(self, *_reason: object) -> None:
+        self.dropped = True
         async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(condition), timeout)
+            self._arrived.notify_all()
+
+    async def _wait(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Until `condition`; ConnectionError at once if the connection drops meanwhile (the
+        Socket.IO client gives up after 30 s without a ping from a server whose loop stalls)."""
+        async with self._arrived:
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: condition() or self.dropped), timeout
+            )
+        if not condition():
+            raise ConnectionError("the server's connection dropped before it answered")

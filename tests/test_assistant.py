@@ -476,3 +476,15 @@ def test_a_wrong_key_stops_the_app_at_start_with_one_line(
         match="^the assistant backend could not start: The assistant refused this server's API key",
     ):
         create_backend(settings)
+
+
+async def test_the_passages_found_come_before_the_answer_and_those_cited_after_it(
+    backend: AssistantBackend,
+) -> None:
+    # The chat quotes the supporting sentences of the first, before the answer is written.
+    events = await collect(backend.new_chat(), "How do otters sleep?")
+    first_token = next(i for i, e in enumerate(events) if isinstance(e, Token))
+    [found] = [e for e in events[:first_token] if isinstance(e, Sources)]
+    passage = Source("otters.md", OTTERS.split("\n\n")[0], score=1.0)  # the server's chunk
+    assert passage in found.items
+    assert events[-1] == Sources((passage,))

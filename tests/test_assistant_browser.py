@@ -9,7 +9,16 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from .assistant_server import INDEPENDENT, OPENAI, AssistantServer
-from .running_app import ANSWER, CHROMIUM, CHROMIUM_ARGS, RunningApp, ask, open_chat, running_app
+from .running_app import (
+    ANSWER,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RunningApp,
+    ask,
+    open_chat,
+    resume_from_sidebar,
+    running_app,
+)
 from .test_browser import sources_of
 
 OTTERS = "Otters hold hands while they sleep so they do not drift apart."
@@ -69,12 +78,7 @@ def test_a_thread_reopened_from_the_sidebar_continues_the_assistants_conversatio
 
         page = context.new_page()  # the same signed-in browser, a new tab
         page.goto(app.url)
-        thread = page.locator('li[id^="thread-"]').filter(has_text=question)
-        expect(thread).to_have_count(1, timeout=30_000)
-        thread.click()
-        expect(page.locator('[data-step-type="user_message"]')).to_have_text(
-            [question], timeout=30_000
-        )
+        resume_from_sidebar(page, question)
         ask(page, follow_up)
         browser.close()
 

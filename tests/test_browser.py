@@ -17,6 +17,7 @@ from .running_app import (  # noqa: F401  (re-exported for the other browser tes
     RunningApp,
     free_port,
     running_app,
+    send_with_file,
     sign_in,
     wait_until_served,
 )
@@ -159,19 +160,8 @@ def test_an_over_long_message_gets_a_clear_refusal_and_the_chat_goes_on(page: Pa
     expect(answer).to_contain_text("Sources:", timeout=180_000)
 
 
-def is_upload(response: Response) -> bool:
-    return response.request.method == "POST" and "/project/file?" in response.url
-
-
 def upload(page: Page, name: str, content: bytes, question: str = "") -> None:
-    # Chainlit sends nothing while an attachment is still uploading: wait, as a user does.
-    with page.expect_response(is_upload) as uploaded:
-        page.locator('input[type="file"]').first.set_input_files(
-            files=[{"name": name, "mimeType": "text/markdown", "buffer": content}]
-        )
-    assert uploaded.value.status == 200, uploaded.value.text()
-    page.locator("#chat-input").fill(question)
-    page.keyboard.press("Enter")
+    send_with_file(page, name, "text/markdown", content, question)
 
 
 def test_an_admin_uploads_a_document_and_can_ask_about_it(page: Page) -> None:

@@ -41,7 +41,17 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def library(folders, embed_model) -> Library:
+def library(folders, embed_model, database_url) -> Library:
+    """A library on each store: local files, and PostgreSQL."""
+    data, storage = folders
+    settings = load_settings(
+        _env_file=None, data_dir=data, storage_dir=storage, database_url=database_url
+    )
+    return Library(settings, embed_model)
+
+
+@pytest.fixture
+def lance_library(folders, embed_model) -> Library:
     data, storage = folders
     return Library(load_settings(_env_file=None, data_dir=data, storage_dir=storage), embed_model)
 
@@ -107,10 +117,9 @@ def test_unchanged_and_touched_files_are_not_read_again(
         "SimpleDirectoryReader",
         lambda **kwargs: reads.append(kwargs["input_files"]) or real_reader(**kwargs),
     )
-    signature = library.settings.storage_dir / "index.json"
-    written = signature.stat().st_mtime_ns
+    written = bookkeeping(library)
     assert not library.sync().changed_anything
-    assert signature.stat().st_mtime_ns == written  # a sync with nothing to do writes nothing
+    assert bookkeeping(library) == written  # a sync with nothing to do writes nothing
     os.utime(data / "seed.md", ns=(1, 1))  # touched: same content, other date
     report = library.sync()
     assert not report.changed_anything and report.chunks == 0
@@ -120,20 +129,46 @@ def test_unchanged_and_touched_files_are_not_read_again(
     assert not again.sync().changed_anything and reads == []
 
 
+def bookkeeping(library: Library) -> object:
+    """What changes whenever the library writes its bookkeeping."""
+    if library.settings.database_url is None:
+        return sorted(
+            (p.name, p.stat().st_mtime_ns) for p in library.settings.storage_dir.glob("*.json")
+        )
+    from .postgres_server import psql
+
+    return psql(
+        library.settings.database_url,
+        "SELECT collection, key, xmin FROM index_records ORDER BY collection, key",
+    )
+
+
 def test_every_supported_type_is_read_and_pdf_pages_are_kept(library: Library, folders) -> None:
     data, _ = folders
     (data / "manual.pdf").write_bytes(files.pdf("Boilers need yearly checks", "Valves face north"))
     (data / "letter.docx").write_bytes(files.docx("The tenant pays the water bill"))
-    (data / "page.html").write_text("<html><body><h1>Opening hours</h1><p>Open 9 to 5</p></body></html>")
+    (data / "page.html").write_text(
+        "<html><body><h1>Opening hours</h1><p>Open 9 to 5</p></body></html>"
+    )
     (data / "prices.csv").write_text("item,price\nkettle,30\ntoaster,25\n")
     (data / "todo.txt").write_text("Paint the fence")
     (data / "readme.markdown").write_text("# Readme\nThe garden gate sticks.")
     report = library.sync()
     assert sorted(report.added) == sorted(
-        ["seed.md", "manual.pdf", "letter.docx", "page.html", "prices.csv", "todo.txt", "readme.markdown"]
+        [
+            "seed.md",
+            "manual.pdf",
+            "letter.docx",
+            "page.html",
+            "prices.csv",
+            "todo.txt",
+            "readme.markdown",
+        ]
     )
     assert report.skipped == {}
-    hits = library.index().as_retriever(similarity_top_k=1).retrieve("Which way do the valves face?")
+    hits = (
+        library.index().as_retriever(similarity_top_k=1).retrieve("Which way do the valves face?")
+    )
     assert hits[0].node.metadata["file_name"] == "manual.pdf"
     assert hits[0].node.metadata["page_label"] == "2"
     assert search(library, "Who pays for water?")[0][0] == "letter.docx"
@@ -182,6 +217,7 @@ def test_a_changed_embedding_model_rebuilds_the_index(
             _env_file=None,
             data_dir=data,
             storage_dir=storage,
+            database_url=library.settings.database_url,
             openai_api_key="sk-test",
             openai_base_url=server.base_url,
             llm_provider="local",
@@ -232,7 +268,11 @@ def test_bad_uploads_are_refused_and_not_kept(library: Library, folders, tmp_pat
     cases = [
         ("virus.exe", b"MZ...", "the file type .exe is not supported"),
         ("nothing.md", b"", "the file is empty"),
-        ("big.txt", b"x" * (20 * 1024 * 1024 + 1), "it is 20.0 MB and uploads are limited to 20 MB"),
+        (
+            "big.txt",
+            b"x" * (20 * 1024 * 1024 + 1),
+            "it is 20.0 MB and uploads are limited to 20 MB",
+        ),
         ("scan.pdf", files.image_only_pdf(), "no text was found in it"),
     ]
     for name, content, problem in cases:
@@ -251,9 +291,13 @@ def test_bad_uploads_are_refused_and_not_kept(library: Library, folders, tmp_pat
     )
 
 
-def run_ingest(data: Path, storage: Path, *args: str, **popen) -> subprocess.Popen:
+def run_ingest(library: Library, *args: str, **popen) -> subprocess.Popen:
+    """`python -m ragchat ingest` on the library's folders and store."""
     env = environ_without_settings()
-    env.update(DATA_DIR=str(data), STORAGE_DIR=str(storage))
+    settings = library.settings
+    env.update(DATA_DIR=str(settings.data_dir), STORAGE_DIR=str(settings.storage_dir))
+    if settings.database_url:
+        env.update(DATABASE_URL=settings.database_url)
     return subprocess.Popen(
         [sys.executable, "-m", "ragchat", "ingest", *args],
         cwd=ROOT,
@@ -280,12 +324,12 @@ def added_count(output: str) -> int:
 def test_a_kill_9_mid_ingest_loses_nothing_and_the_next_sync_finishes(
     library: Library, folders
 ) -> None:
-    data, storage = folders
+    data, _ = folders
     write_many(data, 20)
     library.sync()
     write_many(data, 220, start=20)
 
-    ingest = run_ingest(data, storage)
+    ingest = run_ingest(library)
     deadline = time.monotonic() + 180
     while library.store.count() < 21 + 3 * 16 and time.monotonic() < deadline:
         time.sleep(0.05)  # until a few batches are committed
@@ -306,9 +350,9 @@ def test_a_kill_9_mid_ingest_loses_nothing_and_the_next_sync_finishes(
 
 
 def test_two_processes_syncing_at_once_do_not_corrupt_the_index(library: Library, folders) -> None:
-    data, storage = folders
+    data, _ = folders
     write_many(data, 60)
-    first, second = run_ingest(data, storage), run_ingest(data, storage)
+    first, second = run_ingest(library), run_ingest(library)
     outputs = [first.communicate(timeout=300)[0], second.communicate(timeout=300)[0]]
     assert first.returncode == 0 and second.returncode == 0, outputs
     assert sorted(added_count(out) for out in outputs) == [0, 61]  # one waited for the other
@@ -317,8 +361,9 @@ def test_two_processes_syncing_at_once_do_not_corrupt_the_index(library: Library
 
 
 def test_a_large_index_is_searched_through_a_vector_index_with_the_same_results(
-    library: Library, folders, monkeypatch: pytest.MonkeyPatch
+    lance_library: Library, folders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    library = lance_library
     data, _ = folders
     write_many(data, 80)
     library.sync()
@@ -330,7 +375,11 @@ def test_a_large_index_is_searched_through_a_vector_index_with_the_same_results(
     write_many(data, 2, start=80)  # a change, so the next sync runs
     library.sync()
     stats = library.store.table.index_stats(VECTOR_INDEX)
-    assert (stats.index_type, stats.num_indexed_rows, stats.num_unindexed_rows) == ("IVF_FLAT", 83, 0)
+    assert (stats.index_type, stats.num_indexed_rows, stats.num_unindexed_rows) == (
+        "IVF_FLAT",
+        83,
+        0,
+    )
     # Every partition is probed, so the index finds exactly what the scan found.
     assert [search(library, q, top_k=5) for q in questions] == scanned
 
@@ -385,8 +434,12 @@ def lying_docx(text: str, hidden_mb: int = 200) -> bytes:
         raw = name.encode()
         deflated = deflated if deflated is not None else _deflate(content)
         sizes = (zlib.crc32(content), len(deflated), len(content), len(raw))
-        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, *sizes, 0, 0, 0, 0,
-                               0, len(local)) + raw
+        central += (
+            struct.pack(
+                "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, *sizes, 0, 0, 0, 0, 0, len(local)
+            )
+            + raw
+        )
         local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, *sizes, 0) + raw
         local += deflated
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 2, 2, len(central), len(local), 0)
@@ -480,9 +533,7 @@ def test_a_docx_hiding_data_past_its_declared_sizes_is_refused(
 
 def test_the_unzipped_limit_is_a_setting(folders, embed_model) -> None:
     data, storage = folders
-    settings = load_settings(
-        _env_file=None, data_dir=data, storage_dir=storage, unzipped_max_mb=1
-    )
+    settings = load_settings(_env_file=None, data_dir=data, storage_dir=storage, unzipped_max_mb=1)
     library = Library(settings, embed_model)
     (data / "small.docx").write_bytes(files.docx("The tenant pays the water bill"))
     (data / "two-mb.docx").write_bytes(docx_bomb(unzipped_mb=2))

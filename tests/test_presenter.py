@@ -17,7 +17,7 @@ from chainlit.user import User as ChainlitUser
 
 from ragchat.auth import User
 from ragchat.backends import AnswerFailed, Event, QuestionRejected, Source, Sources, Step, Token
-from ragchat.history import HistoryDataLayer
+from ragchat.history import HistoryDataLayer, SqliteHistory
 from ragchat.presenter import (
     kept_settings,
     may_add_documents,
@@ -27,6 +27,8 @@ from ragchat.presenter import (
     starter_question,
     state_to_save,
 )
+from ragchat.quotes import cited, quote_block
+from ragchat.support import supporting_sentences
 from ragchat.transcript import turns_from_thread
 
 ADMIN = User("carol", "admin", disabled=False, session_key=None)
@@ -148,7 +150,7 @@ def test_what_an_answer_cites_is_read_from_its_metadata_not_its_text() -> None:
 @pytest.fixture
 async def history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HistoryDataLayer:
     """The history as the app's data layer, in a Chainlit context of a signed-in user."""
-    layer = HistoryDataLayer(tmp_path / "history.db", tmp_path / "files")
+    layer = HistoryDataLayer(SqliteHistory(tmp_path / "history.db"), tmp_path / "files")
     monkeypatch.setattr(chainlit.data, "_data_layer", layer)
     monkeypatch.setattr(chainlit.data, "_data_layer_initialized", True)
     user = await layer.create_user(ChainlitUser(identifier="alice"))
@@ -237,3 +239,150 @@ async def test_a_rejected_question_gets_its_reason_and_no_answer(
     [error] = answers(thread)
     assert (error["output"], error["isError"]) == ("The question is empty; type one.", True)
     assert turns_from_thread(thread) == []
+
+
+# What backs an answer: the sentences ragchat/support.py picks, quoted before the answer; the
+# terms no passage holds, named under it
+
+K2_RATING = "The Kestrel K2 has a rotor of 18 metres and is rated at 120 kilowatts."
+K2 = Source("turbines.md", f"## Kestrel K2\n\n{K2_RATING} It was first installed in 2012.", "2")
+K3 = Source("k3.md", "The Kestrel K3 was designed by Maria Lindqvist.")
+ASKED = "What is the Kestrel K2 rated at?"
+
+
+def quoted_from(passages: Sequence[Source]) -> tuple[str, list[dict]]:
+    """What the answer to ASKED over the passages starts with, and the metadata naming it."""
+    quotes = supporting_sentences(ASKED, passages)
+    assert quotes[0].sentence == K2_RATING  # the best support: these tests need one
+    return quote_block(cited(quotes)), [
+        {"sentence": sentence, "source": label} for sentence, label in cited(quotes)
+    ]
+
+
+async def answered(history: HistoryDataLayer, chat: ScriptedChat) -> dict:
+    await cl.Message(content=ASKED, type="user_message", author="alice").send()
+    await written()
+    await render_answer(chat, ASKED)
+    await written()
+    return await history.get_thread(cl.context.session.thread_id)
+
+
+@pytest.fixture
+def streamed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each answer streams, in order, through Chainlit's own stream_token."""
+    pieces: list[str] = []
+    stream_token = cl.Message.stream_token
+
+    async def recorded(self: cl.Message, token: str, is_sequence: bool = False) -> None:
+        pieces.append(token)
+        await stream_token(self, token, is_sequence)
+
+    monkeypatch.setattr(cl.Message, "stream_token", recorded)
+    return pieces
+
+
+async def test_the_supporting_sentence_is_quoted_before_the_answer_and_kept_out_of_memory(
+    history: HistoryDataLayer, streamed: list[str]
+) -> None:
+    quote, named = quoted_from([K2])
+    chat = ScriptedChat(
+        [
+            Step("Retrieve", ASKED, "1 passage"),
+            Sources((K2,)),
+            Token("It is rated "),
+            Token("at 120 kilowatts."),
+        ]
+    )
+    thread = await answered(history, chat)
+    assert streamed == [quote, "It is rated ", "at 120 kilowatts."]
+    assert quote.startswith(f"> {K2_RATING}\n>\n> — turbines.md p. 2\n\n")
+    [answer] = answers(thread)
+    assert answer["output"] == quote + "It is rated at 120 kilowatts.\n\nSources: turbines.md p. 2"
+    assert answer["metadata"] == {"sources": ["turbines.md p. 2"], "quotes": named}
+    [side] = thread["elements"]
+    assert side["name"] == "turbines.md p. 2"
+    shown_side = history.storage.path_of(side["objectKey"]).read_text()
+    assert f"**{K2_RATING}**" in shown_side and shown_side.replace("**", "") == K2.text
+    # The model remembers its own words only; the PDF button is offered as before.
+    assert turns_from_thread(thread)[1].content == "It is rated at 120 kilowatts."
+    assert pdf_offers(thread) == [(ASKED, answer["id"])]
+
+
+async def test_terms_no_passage_holds_are_named_under_the_answer(
+    history: HistoryDataLayer,
+) -> None:
+    quote, _ = quoted_from([K2])
+    chat = ScriptedChat([Sources((K2,)), Token("It is rated at 150 kilowatts, since 2012.")])
+    thread = await answered(history, chat)
+    [answer] = answers(thread)
+    assert answer["output"] == (
+        quote + "It is rated at 150 kilowatts, since 2012."
+        "\n\n*Not found in the sources: 150*\n\nSources: turbines.md p. 2"
+    )
+    assert answer["metadata"]["unsupported"] == ["150"]
+    assert turns_from_thread(thread)[1].content == "It is rated at 150 kilowatts, since 2012."
+
+
+async def test_the_quote_comes_from_the_passages_found_and_the_side_from_those_cited(
+    history: HistoryDataLayer, streamed: list[str]
+) -> None:
+    # As the hosted assistant answers: all it found first, then only what the answer cites.
+    quote, _ = quoted_from([K3, K2])
+    chat = ScriptedChat(
+        [
+            Sources((K3, K2)),
+            Token("120 kilowatts; Maria Lindqvist designed the K3."),
+            Sources((K2,)),
+        ]
+    )
+    thread = await answered(history, chat)
+    [answer] = answers(thread)
+    assert streamed == [quote, "120 kilowatts; Maria Lindqvist designed the K3."]
+    # Checked against all it found: the name is in a passage the answer does not cite.
+    assert answer["output"].endswith("designed the K3.\n\nSources: turbines.md p. 2")
+    assert [e["name"] for e in thread["elements"]] == ["turbines.md p. 2"]
+
+
+async def test_sources_after_the_answer_began_quote_nothing(
+    history: HistoryDataLayer, streamed: list[str]
+) -> None:
+    chat = ScriptedChat([Token("It is rated at 120 kilowatts."), Sources((K2,))])
+    thread = await answered(history, chat)
+    [answer] = answers(thread)
+    assert streamed == ["It is rated at 120 kilowatts."]
+    assert answer["metadata"] == {"sources": ["turbines.md p. 2"]}
+    assert answer["output"] == "It is rated at 120 kilowatts.\n\nSources: turbines.md p. 2"
+
+
+async def test_an_answer_that_fails_after_its_quote_keeps_the_quote_marked_incomplete(
+    history: HistoryDataLayer,
+) -> None:
+    quote, named = quoted_from([K2])
+    chat = ScriptedChat([Sources((K2,))], failure=AnswerFailed("The model is unreachable."))
+    thread = await answered(history, chat)
+    [answer] = answers(thread)
+    assert answer["output"] == quote + "\n\n*Incomplete answer: The model is unreachable.*"
+    assert answer["metadata"] == {"sources": [], "quotes": named}
+    assert turns_from_thread(thread)[1].content == "*Incomplete answer: The model is unreachable.*"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"sources": []},  # stored before answers had quotes
+        {"sources": [], "quotes": "> It is what it is."},
+        {"sources": [], "quotes": [{"sentence": 3, "source": "a.md"}]},
+        {"sources": [], "unsupported": [None]},
+    ],
+)
+def test_an_answer_without_well_formed_quotes_is_remembered_as_written(metadata: dict) -> None:
+    written_by_model = (
+        "> It is what it is.\n>\n> — a.md\n\nQuoting myself.\n\n*Not found in the sources: None*"
+    )
+    thread = {
+        "steps": [
+            step("user_message", "Quote yourself", 1),
+            step("assistant_message", written_by_model, 2, metadata=metadata),
+        ]
+    }
+    assert turns_from_thread(thread)[1].content == written_by_model

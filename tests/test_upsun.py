@@ -45,15 +45,67 @@ def merged_config(folder: Path) -> dict:
     return merged
 
 
+def upstream_route(schema: dict) -> dict:
+    """The schema's definition of a route of type upstream (the one that names `upstream`)."""
+    [route] = [
+        option
+        for option in schema["properties"]["routes"]["additionalProperties"]["oneOf"]
+        if "upstream" in option.get("properties", {})
+    ]
+    return route
+
+
+def upsun_schema() -> dict:
+    schema = json.loads(SCHEMA.read_text())
+    # Sticky routing ("Define routes", Sticky routing: `sticky: true`, by client address) came
+    # to Upsun after this copy of the CLI's schema; test_the_copied_schema_lacks_sticky_routing
+    # says when a newer copy makes this line unnecessary.
+    upstream_route(schema)["properties"]["sticky"] = {"type": "boolean"}
+    return schema
+
+
 def validate(folder: Path) -> dict:
     config = merged_config(folder)
-    jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).validate(config)
+    jsonschema.Draft7Validator(upsun_schema()).validate(config)
     return config
 
 
+# The single-instance deployment (what `upsun push` deploys), and the variant on several
+# instances sharing PostgreSQL, which replaces it when copied over it.
+@pytest.fixture(scope="module", params=[".upsun", ".upsun/scaled"])
+def config(request: pytest.FixtureRequest) -> dict:
+    return validate(ROOT / request.param)
+
+
 @pytest.fixture(scope="module")
-def config() -> dict:
-    return validate(ROOT / ".upsun")
+def scaled() -> dict:
+    return validate(ROOT / ".upsun" / "scaled")
+
+
+def test_the_copied_schema_lacks_sticky_routing() -> None:
+    assert "sticky" not in upstream_route(json.loads(SCHEMA.read_text()))["properties"], (
+        "the copied schema knows sticky routing now: drop the addition in upsun_schema()"
+    )
+
+
+def test_the_scaled_variant_shares_postgresql_with_vector_and_one_folder_of_files(
+    scaled: dict,
+) -> None:
+    app = scaled["applications"]["ragchat"]
+    [service] = app["relationships"]
+    assert service == "postgresql"  # the name ragchat.database.url_from_upsun reads
+    assert scaled["services"]["postgresql"]["type"].startswith("postgresql:")
+    assert scaled["services"]["postgresql"]["configuration"]["extensions"] == ["vector"]
+    assert {name: mount["source"] for name, mount in app["mounts"].items()} == {
+        "data": "storage",  # one folder every instance sees
+        "database": "storage",
+        ".files": "instance",
+    }
+    assert scaled["routes"]["https://{default}/"]["sticky"] is True
+    # Everything else as in the single-instance deployment.
+    single = validate(ROOT / ".upsun")["applications"]["ragchat"]
+    for key in ("type", "web", "hooks"):
+        assert app[key] == single[key], key
 
 
 def test_the_configuration_is_valid(config: dict) -> None:
@@ -71,7 +123,7 @@ def test_the_configuration_is_valid(config: dict) -> None:
 
 def test_mounts_exist_in_the_repository_and_hide_no_committed_file(config: dict) -> None:
     mounts = config["applications"]["ragchat"]["mounts"]
-    assert set(mounts) == {"data", "storage", "database", ".files"}
+    assert set(mounts) <= {"data", "storage", "database", ".files"}
     committed = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.splitlines()

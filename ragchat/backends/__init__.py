@@ -1,9 +1,10 @@
 """The interface between the chat UI and whatever answers: one `Backend` per process, one
 `Chat` per conversation, and a stream of events per question.
 
-A backend turns a question into events, in order: `Step`s (work shown to the user, such as
-the passages retrieved), `Token`s (the answer as it is written), `Image`s it made, and at the
-end `Sources`.
+A backend turns a question into events, in order: `Queued` while it waits for the model,
+`Step`s (work shown to the user, such as the passages retrieved), `Sources` as soon as they are
+known (every passage the answer is written from; a later `Sources` names what the answer cites
+in their place), `Token`s (the answer as it is written) and `Image`s it made.
 The UI renders them; it knows nothing about llama_index or OpenAI.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ragchat.answer_queue import Ticket
 from ragchat.config import ConfigError, Settings
 from ragchat.documents import SyncReport, UploadOutcome
 
@@ -62,7 +64,28 @@ class Image:
     url: str
 
 
-Event = Token | Step | Sources | Image
+@dataclass(frozen=True)
+class Queued:
+    """The question waits for the model (ragchat/answer_queue.py): `position` 1 is next, and
+    a last Queued with position 0 says its turn has come. `estimate_s`: until the answer
+    should start, None before any answer's time was measured."""
+
+    position: int
+    estimate_s: float | None = None
+
+
+Event = Token | Step | Sources | Image | Queued
+
+
+async def waiting_turn(ticket: Ticket) -> AsyncIterator[Queued]:
+    """Queued events while `ticket` waits in line, the last one (position 0) when it is let
+    through; nothing at all when it never waited."""
+    waited = False
+    async for place in ticket.places():
+        waited = True
+        yield Queued(place.position, place.estimate_s)
+    if waited:
+        yield Queued(0)
 
 
 class QuestionRejected(Exception):
@@ -151,13 +174,17 @@ class Knowledge(Protocol):
     """Where a backend keeps the documents it answers from: the local index, or the hosted
     assistant's vector store."""
 
-    def sync(self, rebuild: bool = False, progress: bool = False) -> SyncReport:
+    def sync(self, rebuild: bool = False, progress: bool = False, wait: bool = True) -> SyncReport:
         """Bring the knowledge in step with DATA_DIR (`rebuild`: all of it again; `progress`:
-        with a progress bar). BackendUnavailable when its service cannot be used."""
+        with a progress bar; without `wait`, nothing while another process syncs the same
+        knowledge). BackendUnavailable when its service cannot be used."""
 
 
 class Backend(Knowledge, Protocol):
-    def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> Chat: ...
+    def new_chat(
+        self, history: Sequence[Turn] = (), state: dict | None = None, person: str = ""
+    ) -> Chat:
+        """A conversation of `person` (an account: the model's queue is fair across them)."""
 
 
 class BackendKind(Protocol):
@@ -186,7 +213,8 @@ def create_backend(settings: Settings) -> Backend:
     kind = backend_kind(settings)
     try:
         knowledge = kind.open_knowledge(settings)
-        report = knowledge.sync(progress=True)
+        # Another instance syncing the same documents does the work for this one too.
+        report = knowledge.sync(progress=True, wait=False)
     except BackendUnavailable as error:
         raise ConfigError(f"the {settings.rag_backend} backend could not start: {error}") from None
     log.info("Documents in %s: %s", settings.data_dir, report.summary())

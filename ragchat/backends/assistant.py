@@ -28,6 +28,7 @@ import openai
 from openai import AsyncOpenAI, OpenAI
 from tqdm import tqdm
 
+from ragchat.answer_queue import AnswerQueue
 from ragchat.backends import (
     MAX_QUESTION_CHARS,
     TOP_K_MAX,
@@ -42,6 +43,7 @@ from ragchat.backends import (
     Turn,
     check_question,
     checked_settings,
+    waiting_turn,
 )
 from ragchat.config import Settings
 from ragchat.documents import (
@@ -82,6 +84,7 @@ class AssistantBackend:
         self.client = client
         self.aclient = aclient
         self.store_id = store_id
+        self.queue = AnswerQueue(settings.max_concurrent_answers)
         # Offered until the server refuses it (not every server has one).
         self.code_interpreter = settings.assistant_code_interpreter
         # path -> (stat, sha256, why it is refused): a file is read again only once it changed
@@ -116,9 +119,11 @@ class AssistantBackend:
 
     # knowledge
 
-    def sync(self, rebuild: bool = False, progress: bool = False) -> StoreSyncReport:
+    def sync(
+        self, rebuild: bool = False, progress: bool = False, wait: bool = True
+    ) -> StoreSyncReport:
         """Upload new and changed files of DATA_DIR to the vector store, remove deleted ones
-        (`rebuild`: upload every file again)."""
+        (`rebuild`: upload every file again; `wait` is moot: nothing is locked)."""
         with _explained(self.settings):
             return self._sync(rebuild, progress)
 
@@ -187,8 +192,10 @@ class AssistantBackend:
         except openai.NotFoundError:
             pass
 
-    def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> AssistantChat:
-        return AssistantChat(self, dict(state or {}))
+    def new_chat(
+        self, history: Sequence[Turn] = (), state: dict | None = None, person: str = ""
+    ) -> AssistantChat:
+        return AssistantChat(self, dict(state or {}), person)
 
     def drop_code_interpreter(self, refused: openai.BadRequestError) -> None:
         """The server refused a request only because it offered the code interpreter: say so
@@ -206,8 +213,9 @@ class AssistantBackend:
 class AssistantChat:
     uploads_shared = False  # an upload joins this conversation's own vector store
 
-    def __init__(self, backend: AssistantBackend, state: dict):
+    def __init__(self, backend: AssistantBackend, state: dict, person: str):
         self._backend = backend
+        self._person = person
         self.state = state  # previous_response_id and this chat's vector store, kept in the thread
         self.top_k = backend.settings.top_k
         self.top_k_max = max(self.top_k, TOP_K_MAX)  # file_search's results are not our prompt
@@ -232,6 +240,17 @@ class AssistantChat:
 
     async def ask(self, question: str) -> AsyncIterator[Event]:
         check_question(question, MAX_QUESTION_CHARS, "the assistant takes")
+        ticket = self._backend.queue.join(self._person)
+        try:
+            async for place in waiting_turn(ticket):
+                yield place
+            async for event in self._answer(question):
+                yield event
+            ticket.answered()
+        finally:
+            ticket.leave()  # out of the line, or a place freed for the next question
+
+    async def _answer(self, question: str) -> AsyncIterator[Event]:
         reader = _ResponseReader()
         try:
             stream = await self._open(question)
@@ -246,8 +265,8 @@ class AssistantChat:
         if reader.response_id is None:  # the stream ended early: a proxy or the network cut it
             raise AnswerFailed(BROKEN_STREAM, partial=reader.written)
         self.state["previous_response_id"] = reader.response_id
-        if sources := reader.sources():
-            yield Sources(sources)
+        if (sources := reader.sources()) or reader.found:
+            yield Sources(sources)  # what the answer cites, in place of all the search found
 
     async def _open(self, question: str) -> openai.AsyncStream:
         """The response's event stream. A server without the code interpreter refuses a request
@@ -299,6 +318,7 @@ class _ResponseReader:
 
     def __init__(self) -> None:
         self.written = False  # some of the answer was streamed
+        self.found = False  # the search found passages (shown as Sources before the answer)
         self.response_id: str | None = None  # set when the response completed
         self._passages: dict[str, list[Source]] = {}  # file id -> passages the search found
         self._cited: dict[str, str] = {}  # file id -> its name in the citation, in order
@@ -345,6 +365,9 @@ class _ResponseReader:
             for result in results:
                 self._passages.setdefault(result.file_id, []).append(_source(result))
             yield Step("Search files", "\n".join(item.queries or []), _found(results))
+            if results:  # before the answer is written: its supporting sentences are shown first
+                self.found = True
+                yield Sources(tuple(_source(result) for result in results))
         elif item.type == "code_interpreter_call":
             self._shown.add(key)
             outputs = item.outputs or []

@@ -1,10 +1,12 @@
-"""The local backend: retrieval over the LanceDB index, answers from llama_index's
+"""The local backend: retrieval over the local index (LanceDB, or PostgreSQL), answers from llama_index's
 condense-plus-context chat engine."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.response_synthesizers import CompactAndRefine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
+from ragchat.answer_queue import AnswerQueue, Ticket
 from ragchat.backends import (
     TOP_K_MAX,
     Event,
@@ -26,6 +29,7 @@ from ragchat.backends import (
     Turn,
     check_question,
     checked_settings,
+    waiting_turn,
 )
 from ragchat.config import Settings
 from ragchat.documents import UploadOutcome
@@ -63,15 +67,32 @@ class FollowUpChatEngine(CondensePlusContextChatEngine):
         super().__init__(*args, **kwargs)
         self._recent_turns = recent_turns
         self._embed_model = embed_model
+        self._retrieved: tuple[str | QueryBundle, list[NodeWithScore]] | None = None
+
+    @property
+    def condenses_with_llm(self) -> bool:
+        return self._recent_turns is None
+
+    async def aretrieve(self, message: str) -> tuple[str | QueryBundle, list[NodeWithScore]]:
+        """The retrieval query and passages for `message`, found before the answer is written
+        (the user sees them while waiting for the model); `astream_chat` answers from them."""
+        history = await self._memory.aget(input=message)
+        query = await self._acondense_question(history, message)
+        self._retrieved = (query, await self._aget_nodes(query))
+        return self._retrieved
 
     async def _acondense_question(
         self, chat_history: list[ChatMessage], latest_message: str
     ) -> str | QueryBundle:
+        if self._retrieved is not None:
+            return self._retrieved[0]
         if self._recent_turns is None:
             return await super()._acondense_question(chat_history, latest_message)
         return follow_up_query(chat_history, latest_message, self._recent_turns)
 
     async def _aget_nodes(self, message: str | QueryBundle) -> list[NodeWithScore]:
+        if self._retrieved is not None:
+            return self._retrieved[1]
         # The parent wraps the query in a fresh QueryBundle, which would drop the weighting.
         query = message if isinstance(message, QueryBundle) else QueryBundle(message)
         # Embedded once, for the vector search and the relevance gate alike.
@@ -121,6 +142,8 @@ class LlamaIndexBackend:
             settings.followup_query == "auto" and not settings.llm_is_local
         )
         self._recent_turns = None if condense else settings.history_turns
+        # llama.cpp writes one answer at a time; a server takes as many as it is allowed.
+        self.queue = AnswerQueue(1 if settings.llm_is_local else settings.max_concurrent_answers)
 
     @classmethod
     def open_knowledge(cls, settings: Settings) -> Library:
@@ -132,18 +155,22 @@ class LlamaIndexBackend:
         log.info("LLM: %s", llm_name(settings))
         return cls(settings, build_llm(settings), knowledge)
 
-    def sync(self, rebuild: bool = False, progress: bool = False) -> IndexSyncReport:
-        return self.library.sync(rebuild, progress)
+    def sync(
+        self, rebuild: bool = False, progress: bool = False, wait: bool = True
+    ) -> IndexSyncReport:
+        return self.library.sync(rebuild, progress, wait)
 
     def add_upload(self, source: Path, original_name: str) -> UploadOutcome:
         return add_upload(self.library, source, original_name)
 
-    def new_chat(self, history: Sequence[Turn] = (), state: dict | None = None) -> LlamaIndexChat:
+    def new_chat(
+        self, history: Sequence[Turn] = (), state: dict | None = None, person: str = ""
+    ) -> LlamaIndexChat:
         memory = Memory.from_defaults(
             chat_history=[ChatMessage(role=turn.role, content=turn.content) for turn in history],
             token_limit=self.settings.prompt_room,
         )
-        return LlamaIndexChat(self, memory)
+        return LlamaIndexChat(self, memory, person)
 
     def engine(self, memory: Memory, top_k: int, mode: Mode) -> FollowUpChatEngine:
         return FollowUpChatEngine(
@@ -166,9 +193,10 @@ class LlamaIndexBackend:
 class LlamaIndexChat:
     uploads_shared = True  # an upload joins DATA_DIR and the shared index
 
-    def __init__(self, backend: LlamaIndexBackend, memory: Memory):
+    def __init__(self, backend: LlamaIndexBackend, memory: Memory, person: str):
         self._backend = backend
         self._memory = memory
+        self._person = person
         self.state: dict = {}  # nothing beyond the messages: memory is rebuilt from them
         self.top_k = backend.settings.top_k
         # More passages than fit the model's context window would cut the prompt.
@@ -187,20 +215,48 @@ class LlamaIndexChat:
         limit = 2 * self._backend.settings.prompt_room_with(self.top_k)
         check_question(question, limit, "the model reads")
         engine = self._backend.engine(self._memory, self.top_k, self.mode)
-        response = await engine.astream_chat(question)
+        ticket = self._backend.queue.join(self._person)
         try:
-            query = str(response.sources[0].raw_input["message"])
-            sources = tuple(_source(node) for node in response.source_nodes)
-            yield Step(name="Retrieve", input=query, output=_passages(sources))
-            async for token in response.async_response_gen():
-                yield Token(token)
+            turn = waiting_turn(ticket)
+            if place := await anext(turn, None):  # told at once, before searching
+                yield place
+            if engine.condenses_with_llm:  # the search needs the model: wait for it first
+                async for place in turn:
+                    yield place
+            query, nodes = await engine.aretrieve(question)
+            sources = tuple(_source(node) for node in nodes)
+            yield Step(name="Retrieve", input=str(query), output=_passages(sources))
             if sources:
                 yield Sources(sources)
+                async for place in turn:
+                    yield place
+            else:  # the answer says nothing was found: no need to wait for the model
+                ticket.leave()
+                await turn.aclose()
+            async for token in self._answer(engine, question, ticket):
+                yield token
         finally:
-            # When the user stops the answer, stop generating it too.
-            writer = response.awrite_response_to_history_task
-            if writer is not None and not writer.done():
+            ticket.leave()  # out of the line, or the model freed for the next question
+
+    async def _answer(
+        self, engine: FollowUpChatEngine, question: str, ticket: Ticket
+    ) -> AsyncIterator[Token]:
+        response = await engine.astream_chat(question)
+        writer = response.awrite_response_to_history_task  # takes the tokens from the model
+        # The model is free once it has written the answer, while the user may still be
+        # receiving it: the next question need not wait for that.
+        writer.add_done_callback(partial(_free_when_written, ticket))
+        try:
+            async for token in response.async_response_gen():
+                yield Token(token)
+        finally:
+            if not writer.done():  # the user stopped the answer: stop generating it too
                 writer.cancel()
+
+
+def _free_when_written(ticket: Ticket, writer: asyncio.Task) -> None:
+    if not writer.cancelled() and writer.exception() is None:
+        ticket.answered()  # a stopped or failed answer leaves in `ask`, untimed
 
 
 def _source(hit: NodeWithScore) -> Source:

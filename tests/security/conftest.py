@@ -7,19 +7,20 @@ that need other settings (a trusted proxy, say) start an app of their own with `
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
 
+from ..postgres_server import new_database
 from ..running_app import (  # noqa: F401  (signed_in: for the attack tests)
     CHROMIUM,
     CHROMIUM_ARGS,
     RunningApp,
     running_app,
     signed_in,
+    store_rows,
 )
 
 ALICE = ("alice", "alice's long passphrase")
@@ -27,28 +28,27 @@ BOB = ("bob", "bob's long passphrase")  # an ordinary user, the usual attacker
 CAROL = ("carol", "carol's long admin passphrase")  # an admin: no backdoor for them either
 
 
-@pytest.fixture(scope="session")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    with running_app(tmp_path_factory.mktemp("security")) as started:
+@pytest.fixture(scope="session", params=["files", "postgresql"])
+def app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningApp]:
+    """The app on each store: every attack test runs against both."""
+    with ExitStack() as stack:
+        settings = {}
+        if request.param == "postgresql":
+            server = request.getfixturevalue("postgres")
+            settings["DATABASE_URL"] = stack.enter_context(new_database(server))
+        started = stack.enter_context(
+            running_app(tmp_path_factory.mktemp(f"security-{request.param}"), **settings)
+        )
         started.create_password("add", ALICE[0], "--password-stdin", stdin=ALICE[1])
         started.create_password("add", BOB[0], "--password-stdin", stdin=BOB[1])
         started.create_password("add", CAROL[0], "--admin", "--password-stdin", stdin=CAROL[1])
         yield started
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Chromium, for the attacks a page makes."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
 def history_rows(app: RunningApp, query: str, *args: object) -> list[dict]:
-    with sqlite3.connect(app.env["HISTORY_DB_PATH"]) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(row) for row in db.execute(query, args)]
+    return store_rows(app, "history", query, *args)
 
 
 def stored_rows(app: RunningApp, query: str, *args: object, timeout: float = 10) -> list[dict]:

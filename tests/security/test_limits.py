@@ -10,7 +10,6 @@ import http.client
 import io
 import json
 import socket
-import sqlite3
 import time
 import uuid
 import zipfile
@@ -336,7 +335,7 @@ def test_the_hosted_assistant_checks_them_too(clean_env: Path) -> None:
     from ragchat.backends.assistant import AssistantChat
 
     backend = SimpleNamespace(settings=load_settings(_env_file=None))  # all a chat reads of it
-    chat = AssistantChat(backend, state={})
+    chat = AssistantChat(backend, state={}, person="bob")
     chat.configure(top_k=7, mode="lexical")
     assert (chat.top_k, chat.mode) == (7, "hybrid")  # file_search has one mode
     for top_k, mode in [(1000, "hybrid"), (3, "bogus")]:
@@ -375,11 +374,12 @@ async def test_settings_restored_on_resume_are_checked(app: RunningApp) -> None:
     # The thread's metadata holds what a browser once sent (before this check, any value).
     planted = {"top_k": 1000, "mode": "bogus"}
     assert saved_chat_settings(app, thread_id) is not None  # saved as the tab closed
-    with sqlite3.connect(app.env["HISTORY_DB_PATH"]) as db:
-        db.execute(
-            'UPDATE threads SET "metadata" = ? WHERE "id" = ?',
-            (json.dumps({"chat_settings": planted}), thread_id),
-        )
+    history_rows(
+        app,
+        'UPDATE threads SET "metadata" = ? WHERE "id" = ?',
+        json.dumps({"chat_settings": planted}),
+        thread_id,
+    )
     async with ChatClient(app.url, cookies, thread_id=thread_id) as resumed:
         refusals = [
             event.data["output"]

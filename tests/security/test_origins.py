@@ -117,8 +117,9 @@ def test_a_page_of_another_origin_can_neither_read_nor_chat_as_the_user(
     [thread] = stored_rows(
         app, 'SELECT "id" FROM threads WHERE "userIdentifier" = ? LIMIT 1', ALICE[0]
     )
-    expect(chat.locator(ANSWER).nth(1)).to_be_visible(timeout=180_000)
-    before = settled_rows(app)  # Chainlit stores the answer just after showing it
+    # The quotes stream first; "Sources:" closes the answer, which Chainlit stores just after.
+    expect(chat.locator(ANSWER).nth(1)).to_contain_text("Sources:", timeout=180_000)
+    before = settled_rows(app)
     words = f"Posted by another site {uuid.uuid4()}"
 
     with other_site(HOSTILE_PAGE) as site:

@@ -6,7 +6,6 @@ address it saw itself (the right-most entry); the scheme it reports decides the 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from starlette.testclient import TestClient
 
 from ragchat.web_security import ClientAddress
 
-from ..running_app import RunningApp, running_app
+from ..running_app import RunningApp, running_app, store_rows
 from .conftest import ALICE
 
 ADDRESS_FREE_FAILURES = 20  # ragchat/auth.py: an address locks after 20 failures
@@ -89,8 +88,7 @@ def rotating(count: int, suffix: str = "") -> list[str]:
 
 def forget_failures(app: RunningApp, address: str) -> None:
     """Unlock an address of a shared app, so tests after this one can sign in from it."""
-    with sqlite3.connect(app.env["DB_PATH"]) as db:
-        db.execute("DELETE FROM login_failures WHERE key = ?", (f"address:{address}",))
+    store_rows(app, "accounts", "DELETE FROM login_failures WHERE key = ?", f"address:{address}")
 
 
 def test_rotating_x_forwarded_for_does_not_reset_the_address_limit(app: RunningApp) -> None:

@@ -13,14 +13,13 @@ import asyncio
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 import socketio
 
-from ..running_app import RunningApp
+from ..running_app import RunningApp, auth_secret
 from ..socket_client import ChatClient
 
 SOCKET_PATH = "/ws/socket.io"
@@ -192,7 +191,7 @@ def test_tokens_that_are_not_chainlits_are_left_to_chainlit(app: RunningApp, bad
 def test_tokens_issued_before_session_keys_are_refused(app: RunningApp) -> None:
     """Tokens signed before accounts had session keys carry none: they must sign in again."""
     name, _, _, thread_id = signed_in_with_a_conversation(app)
-    secret = (Path(app.env["DB_PATH"]).parent / "chainlit_auth_secret").read_text().strip()
+    secret = auth_secret(app)
     now = datetime.now(UTC)
     old_style = jwt.encode(  # what the login put in a token until now
         {
