@@ -53,6 +53,8 @@ SERVER_ERROR = (
 )
 UNKNOWN_STARTER = "That question is not one of the suggestions here; type it in the chat instead."
 NOT_YOURS = "That answer is not in your conversations, so it cannot be exported."
+CHAT_NOT_OPENED = "This chat did not open on the server. Reload the page, then ask again."
+CHAT_OPENING_SECONDS = 60  # making a chat waits its turn for a worker thread under load
 
 
 # The rules
@@ -249,6 +251,19 @@ async def end_session() -> None:
     await cl.ErrorMessage(content=INACTIVE_ACCOUNT).send()
 
 
+async def opened_chat() -> Chat | None:
+    """The session's chat once on_chat_start or on_chat_resume has made it (None if it is
+    not made in CHAT_OPENING_SECONDS). Chainlit handles each message in a task of its own,
+    alongside the chat's opening (chainlit/socket.py: `message` starts `process_message`
+    while `connection_successful` awaits on_chat_resume), so a question asked the moment a
+    conversation opens arrives before its chat exists."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CHAT_OPENING_SECONDS
+    while (chat := cl.user_session.get("chat")) is None and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return chat
+
+
 class ChatPresenter:
     """What each Chainlit event does, over the app's parts (one per process)."""
 
@@ -298,8 +313,7 @@ class ChatPresenter:
             await pdf_action(question).send(for_id=answer_id)
 
     async def update_settings(self, values: dict) -> None:
-        chat = cl.user_session.get("chat")
-        if chat is not None:
+        if (chat := await opened_chat()) is not None:
             await apply_settings(chat, values)
 
     async def ask_starter(self, action: cl.Action) -> None:
@@ -322,7 +336,7 @@ class ChatPresenter:
             await self.answer(message.content)
 
     async def add_documents(self, files: list) -> None:
-        chat = cl.user_session.get("chat")
+        chat = await opened_chat()
         if not may_add_documents(await self.account(), chat):
             await cl.ErrorMessage(content=upload_refusal([file.name for file in files])).send()
             return
@@ -337,9 +351,11 @@ class ChatPresenter:
         await cl.Message(content="\n".join(summaries)).send()
 
     async def answer(self, question: str) -> None:
-        chat = cl.user_session.get("chat")
-        if chat is None or await self.account() is None:
+        if await self.account() is None:
             return await end_session()
+        if (chat := await opened_chat()) is None:
+            await cl.ErrorMessage(content=CHAT_NOT_OPENED).send()
+            return
         thread_id = cl.context.session.thread_id
 
         async def keep_state() -> None:

@@ -102,8 +102,9 @@ class ChatClient:
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
-    async def connect(self, timeout: float = 60) -> None:
-        """Connect and wait until the chat has started (on_chat_start, or on_chat_resume)."""
+    async def connect(self, timeout: float = 60, wait: bool = True) -> None:
+        """Connect and, with `wait`, wait until the chat has started (on_chat_start, or
+        on_chat_resume); without, return as soon as the tab has said it is connected."""
         await self._socket.connect(
             self.url,
             headers={
@@ -123,7 +124,8 @@ class ChatClient:
         )
         start = len(self.events)
         await self._socket.emit("connection_successful")
-        await self._wait(lambda: self._tasks_done_since(start), timeout)
+        if wait:
+            await self._wait(lambda: self._tasks_done_since(start), timeout)
 
     async def close(self) -> None:
         await self._socket.disconnect()

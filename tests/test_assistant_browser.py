@@ -18,7 +18,9 @@ from .running_app import (
     open_chat,
     resume_from_sidebar,
     running_app,
+    signed_in,
 )
+from .socket_client import ChatClient
 from .test_browser import sources_of
 
 OTTERS = "Otters hold hands while they sleep so they do not drift apart."
@@ -86,3 +88,27 @@ def test_a_thread_reopened_from_the_sidebar_continues_the_assistants_conversatio
     [first] = [id_ for id_, asked in server.responses.items() if asked["input"] == question]
     [then] = [asked for asked in server.responses.values() if asked["input"] == follow_up]
     assert then["previous_response_id"] == first
+
+
+async def test_a_question_sent_while_the_thread_resumes_continues_the_conversation(
+    assistant_app,
+) -> None:
+    # Chainlit handles a message in a task of its own, alongside on_chat_resume: a person who
+    # asks the moment a conversation opens must not find it half made (told their account had
+    # ended, or answered without what came before).
+    app, server = assistant_app
+    question, follow_up = "Where do otters sleep?", "And who holds whose paw?"
+    with signed_in(app, "admin", app.admin_password) as client:
+        cookies = dict(client.cookies)
+    async with ChatClient(app.url, cookies) as first:
+        assert (await first.ask(question)).answer
+    resumed = ChatClient(app.url, cookies, thread_id=first.thread_id)
+    await resumed.connect(wait=False)
+    try:
+        exchange = await resumed.ask(follow_up)
+    finally:
+        await resumed.close()
+    assert exchange.errors == [] and exchange.answer
+    [first_id] = [id_ for id_, asked in server.responses.items() if asked["input"] == question]
+    [then] = [asked for asked in server.responses.values() if asked["input"] == follow_up]
+    assert then.get("previous_response_id") == first_id
