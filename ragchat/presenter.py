@@ -240,8 +240,6 @@ async def apply_settings(chat: Chat, values: dict) -> None:
     cl.context.session.chat_settings = kept_settings(chat)
 
 
-
-
 def current_account(users: UserStore, token: str, username: str) -> User | None:
     """The account behind a session's token, unless the token is no longer its account's."""
     return None if revoked(users, token) else users.get(username)

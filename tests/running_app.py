@@ -200,9 +200,7 @@ def resume_from_sidebar(page: Page, question: str) -> None:
     thread = page.locator('li[id^="thread-"]').filter(has_text=question)
     expect(thread).to_have_count(1, timeout=30_000)
     thread.click()
-    expect(page.locator('[data-step-type="user_message"]')).to_have_text(
-        [question], timeout=30_000
-    )
+    expect(page.locator('[data-step-type="user_message"]')).to_have_text([question], timeout=30_000)
     expect(page.get_by_role("button", name="Download PDF")).to_have_count(1, timeout=60_000)
 
 
