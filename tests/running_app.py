@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +132,21 @@ def running_app(root: Path, **settings: str) -> Iterator[RunningApp]:
 
 
 @contextmanager
+def running_app_on(
+    store: str, request: pytest.FixtureRequest, root: Path, **settings: str
+) -> Iterator[RunningApp]:
+    """running_app with every store in the local files (`store` "files", the default) or in
+    a PostgreSQL database of its own ("postgresql"), for fixtures parametrized over both."""
+    with ExitStack() as stack:
+        if store == "postgresql":
+            from .postgres_server import new_database  # which imports this module
+
+            server = request.getfixturevalue("postgres")
+            settings["DATABASE_URL"] = stack.enter_context(new_database(server))
+        yield stack.enter_context(running_app(root, **settings))
+
+
+@contextmanager
 def served(code: Path, env: dict[str, str], log: Path, timeout: float) -> Iterator[str]:
     """The README's run command in the tree `code` with `env` (from app_environment), its
     output in `log`; its URL once it serves, until the block ends."""
@@ -220,6 +235,18 @@ def store_rows(app: RunningApp, store: str, query: str, *args: object) -> list[d
     with engine.begin() as connection:
         result = connection.execute(text(statement), values)
         return [dict(row) for row in result.mappings()] if result.returns_rows else []
+
+
+def history_rows(app: RunningApp, query: str, *args: object) -> list[dict]:
+    return store_rows(app, "history", query, *args)
+
+
+def stored_rows(app: RunningApp, query: str, *args: object, timeout: float = 10) -> list[dict]:
+    """History rows once they are there: Chainlit writes a message just after showing it."""
+    deadline = time.monotonic() + timeout
+    while not (rows := history_rows(app, query, *args)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return rows
 
 
 def accounts_table(app: RunningApp) -> str:

@@ -35,14 +35,16 @@ RECORD_ANSWER_LENGTHS = """() => {
 }""" % ANSWER
 
 
+WORKSPACE = {
+    "BOT_NAME": BOT_NAME,
+    "WELCOME_MESSAGE": WELCOME,
+    "STARTERS": "Which models does ragchat use?|How do I add my own documents?",
+}
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    with running_app(
-        tmp_path_factory.mktemp("app"),
-        BOT_NAME=BOT_NAME,
-        WELCOME_MESSAGE=WELCOME,
-        STARTERS="Which models does ragchat use?|How do I add my own documents?",
-    ) as started:
+    with running_app(tmp_path_factory.mktemp("app"), **WORKSPACE) as started:
         assert "Copied the sample document ragchat-user-guide.md" in started.log.read_text()
         yield started
 

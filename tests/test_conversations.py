@@ -1,13 +1,12 @@
-"""Conversations that last, on the running app: resumed from the sidebar with their context,
-answers downloaded as PDF, and nobody reaching another user's conversations over HTTP."""
+"""Conversations that last, on the running app with its stores in the local files and in
+PostgreSQL: resumed from the sidebar with their context, answers downloaded as PDF, and nobody
+reaching another user's conversations over HTTP."""
 
 from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +14,21 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from .running_app import ask, resume_from_sidebar, signed_in
-from .test_browser import (  # noqa: F401  (app, browser_page and page are fixtures)
+from .running_app import (
+    ask,
+    history_rows,
+    resume_from_sidebar,
+    running_app_on,
+    signed_in,
+    stored_rows,
+)
+from .test_browser import (  # noqa: F401  (browser_page and page are fixtures)
     ANSWER,
     CHROMIUM,
     CHROMIUM_ARGS,
     WELCOME,
+    WORKSPACE,
     RunningApp,
-    app,
     browser_page,
     page,
     sign_in,
@@ -33,18 +39,13 @@ ALICE = ("alice", "alice's long passphrase")
 BOB = ("bob", "bob's long admin passphrase")
 
 
-def history_rows(app: RunningApp, query: str, *args: object) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.env["HISTORY_DB_PATH"]) as db:
-        db.row_factory = sqlite3.Row
-        return db.execute(query, args).fetchall()
-
-
-def stored_rows(app: RunningApp, query: str, *args: object) -> list[sqlite3.Row]:
-    """Rows once they are there: Chainlit writes a message just after showing it."""
-    deadline = time.monotonic() + 10
-    while not (rows := history_rows(app, query, *args)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return rows
+@pytest.fixture(scope="module", params=["files", "postgresql"])
+def app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningApp]:
+    root = tmp_path_factory.mktemp(f"conversations-{request.param}")
+    with running_app_on(request.param, request, root, **WORKSPACE) as started:
+        yield started
 
 
 def test_a_conversation_resumes_from_the_sidebar_and_keeps_its_context(

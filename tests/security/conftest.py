@@ -7,20 +7,16 @@ that need other settings (a trusted proxy, say) start an app of their own with `
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 
 import pytest
 
-from ..postgres_server import new_database
-from ..running_app import (  # noqa: F401  (signed_in: for the attack tests)
-    CHROMIUM,
-    CHROMIUM_ARGS,
+from ..running_app import (  # noqa: F401  (signed_in and the rows: for the attack tests)
     RunningApp,
-    running_app,
+    history_rows,
+    running_app_on,
     signed_in,
-    store_rows,
+    stored_rows,
 )
 
 ALICE = ("alice", "alice's long passphrase")
@@ -33,27 +29,9 @@ def app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningApp]:
     """The app on each store: every attack test runs against both."""
-    with ExitStack() as stack:
-        settings = {}
-        if request.param == "postgresql":
-            server = request.getfixturevalue("postgres")
-            settings["DATABASE_URL"] = stack.enter_context(new_database(server))
-        started = stack.enter_context(
-            running_app(tmp_path_factory.mktemp(f"security-{request.param}"), **settings)
-        )
+    root = tmp_path_factory.mktemp(f"security-{request.param}")
+    with running_app_on(request.param, request, root) as started:
         started.create_password("add", ALICE[0], "--password-stdin", stdin=ALICE[1])
         started.create_password("add", BOB[0], "--password-stdin", stdin=BOB[1])
         started.create_password("add", CAROL[0], "--admin", "--password-stdin", stdin=CAROL[1])
         yield started
-
-
-def history_rows(app: RunningApp, query: str, *args: object) -> list[dict]:
-    return store_rows(app, "history", query, *args)
-
-
-def stored_rows(app: RunningApp, query: str, *args: object, timeout: float = 10) -> list[dict]:
-    """Rows once they are there: Chainlit writes a message just after showing it."""
-    deadline = time.monotonic() + timeout
-    while not (rows := history_rows(app, query, *args)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return rows
