@@ -3,9 +3,10 @@
 The tables are the SQLite ones, verbatim (history.py): their JSON is TEXT, not Chainlit's
 documented JSONB and TEXT[], because HistoryDataLayer stores tags, modes and metadata as JSON
 strings (its fixes for chainlit#2528 and #2750), matches favourites with LIKE on that text, and
-Chainlit's timestamps are ISO strings, which asyncpg refuses for a TIMESTAMP column. Chainlit's
-layer talks to it through asyncpg; the migration runs on the process's psycopg engine
-(database.engine), as the app builds the layer before its event loop runs."""
+Chainlit's timestamps are ISO strings, which asyncpg refuses for a TIMESTAMP column (tables made
+from Chainlit's documented schema are therefore refused, untouched). Chainlit's layer talks to
+it through asyncpg; the migration runs on the process's psycopg engine (database.engine), as
+the app builds the layer before its event loop runs."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ class PostgresHistory:
                 found = connection.scalar(text(f"SELECT max(version) FROM {_VERSION_TABLE}")) or 0
                 if found > SCHEMA_VERSION:
                     raise newer_schema(f"DATABASE_URL {database.shown(self.url)}", found)
+                if found == 0 and (typed := _typed_columns(connection)):
+                    raise HistorySchemaError(
+                        f"DATABASE_URL {database.shown(self.url)} holds chat tables in "
+                        f"Chainlit's documented schema ({typed[0]}), which ragchat's history "
+                        "cannot write to; point DATABASE_URL at a database of ragchat's own"
+                    )
                 upgrade(
                     found,
                     connection.exec_driver_sql,
@@ -87,3 +94,19 @@ def _columns(connection: Connection) -> dict[str, set[str]]:
     ):
         columns.setdefault(table, set()).add(column)
     return columns
+
+
+def _typed_columns(connection: Connection) -> list[str]:
+    """The chat tables' columns typed as Chainlit's documented schema types them (JSONB, TEXT[],
+    UUID), which ragchat's tables keep as TEXT: "threads.metadata is jsonb", say, JSON first."""
+    return [
+        f"{table}.{column} is {kind}"
+        for table, column, kind in connection.execute(
+            text(
+                "SELECT table_name, column_name, udt_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND udt_name IN ('jsonb', '_text', 'uuid') "
+                "AND table_name IN ('users', 'threads', 'steps', 'elements', 'feedbacks') "
+                "ORDER BY udt_name = 'uuid', table_name, column_name"
+            )
+        )
+    ]

@@ -767,6 +767,36 @@ def test_a_newer_postgresql_schema_is_refused_with_what_to_do(database_url: str)
     )
 
 
+@postgresql_only
+def test_chainlits_documented_postgresql_tables_are_refused_and_left_as_they_were(
+    database_url: str,
+) -> None:
+    # Chainlit's documented PostgreSQL schema types JSON as JSONB and tags as TEXT[]: the tables
+    # would be found, kept, and every write of a step or thread with tags would then fail.
+    with database.engine(database_url).begin() as connection:
+        connection.exec_driver_sql(
+            'CREATE TABLE threads ("id" UUID PRIMARY KEY, "createdAt" TEXT, "name" TEXT, '
+            '"userId" UUID, "userIdentifier" TEXT, "tags" TEXT[], "metadata" JSONB)'
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO threads VALUES (gen_random_uuid(), '2025-01-01', 'kept', NULL, 'ann', "
+            """'{a,b}', '{"x": 1}')"""
+        )
+    with pytest.raises(HistorySchemaError) as refusal:
+        PostgresHistory(database_url).migrate()
+    assert str(refusal.value) == (
+        f"DATABASE_URL {database_url} holds chat tables in Chainlit's documented schema "
+        "(threads.metadata is jsonb), which ragchat's history cannot write to; point "
+        "DATABASE_URL at a database of ragchat's own"
+    )
+    with database.engine(database_url).connect() as connection:
+        tables = connection.scalars(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        ).all()
+        assert tables == ["threads"]
+        assert connection.scalars(text('SELECT "name" FROM threads')).all() == ["kept"]
+
+
 def test_a_postgresql_that_cannot_be_reached_is_one_line_without_the_password() -> None:
     port = free_port()
     with pytest.raises(HistorySchemaError) as refusal:
