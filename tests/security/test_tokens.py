@@ -78,9 +78,15 @@ def socket_auth(thread_id: str | None = None) -> dict:
 
 
 async def socket_outcome(app: RunningApp, token: str, transport: str) -> str:
+    """Whether the server lets a Socket.IO client in with this token, told by the server's
+    CONNECT or CONNECT_ERROR packet. The client's own `connect` returns 30 s later over
+    long-polling, waiting for its pending poll, so the outcome is read from the events."""
     client = socketio.AsyncClient(reconnection=False)
-    try:
-        await client.connect(
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    client.on("connect", lambda: outcome.done() or outcome.set_result("connected"))
+    client.on("connect_error", lambda *_reason: outcome.done() or outcome.set_result("refused"))
+    connecting = asyncio.create_task(
+        client.connect(
             app.url,
             socketio_path=SOCKET_PATH,
             transports=[transport],
@@ -88,10 +94,12 @@ async def socket_outcome(app: RunningApp, token: str, transport: str) -> str:
             auth=socket_auth(),
             wait_timeout=20,
         )
-    except socketio.exceptions.ConnectionError:
-        return "refused"
-    await client.disconnect()
-    return "connected"
+    )
+    try:
+        return await asyncio.wait_for(outcome, 20)
+    finally:
+        await client.eio.disconnect(abort=True)  # ends the pending poll
+        await asyncio.gather(connecting, return_exceptions=True)  # refused: ConnectionError
 
 
 async def chat_once(app: RunningApp, token: str) -> str:
