@@ -143,7 +143,19 @@ _NAMED = re.compile(r"(?<=\S)\s+(?:[A-Z][\w'’-]*[a-z][\w'’-]*)|\b[\w-]*\d[\w
 
 
 def _named(question: str) -> set[str]:
-    return {term for match in _NAMED.finditer(question) for term in _terms(match.group())[:1]}
+    found = _NAMED.finditer(_scannable(question))
+    return {term for match in found for term in _terms(match.group())[:1]}
+
+
+# A run of word characters longer than any name, code or number. The patterns that find those
+# try each word boundary inside a run and read on to its end, so a run costs the square of its
+# length: a question of "a-a-a-..." took seconds, and `re` holds the GIL, freezing every chat.
+_OVERLONG_RUN = re.compile(r"[\w’'.,-]{65,}")
+
+
+def _scannable(text: str) -> str:
+    """`text` with overlong runs blanked, each character's position kept."""
+    return _OVERLONG_RUN.sub(lambda run: " " * len(run.group()), text)
 
 
 # --- question types --------------------------------------------------------------------------
@@ -332,7 +344,7 @@ _CHECKABLE = re.compile(
     r"|(?P<name>\b[A-Z][\w’'-]*[a-z][\w’'-]*(?:\s+(?:(?:of|de|van|von|du|la|del|the)\s+)?"
     r"[A-Z][\w’'-]*)*)"
 )
-_LIST_MARKER = re.compile(r"(?m)^\s*(\d+)[.)]\s")
+_LIST_MARKER = re.compile(r"(?m)^[ \t]*(\d+)[.)]\s")
 _TITLES = frozenset(["dr", "mr", "mrs", "ms", "prof", "sir", "st", "mt"])
 # Capitalised for grammar, not names; at the start of a sentence any word is.
 # fmt: off
@@ -390,7 +402,7 @@ def _checkable_terms(answer: str) -> list[tuple[str, str, str]]:
     """(kind, as written, normalised) for each checkable term of the answer, in order."""
     list_markers = {m.start(1) for m in _LIST_MARKER.finditer(answer)}
     terms = []
-    for match in _CHECKABLE.finditer(answer):
+    for match in _CHECKABLE.finditer(_scannable(answer)):
         kind, surface = match.lastgroup, match.group().strip()
         if kind == "number":
             if match.start() not in list_markers:
@@ -448,7 +460,7 @@ class _Found:
         }
         lowered = joined.lower()
         self.numbers |= {v for w, v in _NUMBER_WORDS.items() if re.search(rf"\b{w}\b", lowered)}
-        self.codes = {_code_key(m) for m in re.findall(r"\b[\w-]*\d[\w.-]*\b", joined)}
+        self.codes = {_code_key(m) for m in re.findall(r"\b[\w-]*\d[\w.-]*\b", _scannable(joined))}
         self.phrases = f" {_phrase_key(joined)} "
 
     def holds(self, kind: str, key: str) -> bool:

@@ -150,6 +150,24 @@ def test_odd_passages_do_not_raise(sources, caplog):
     assert not caplog.records  # not by way of the catch-all that logs what it catches
 
 
+@pytest.mark.parametrize("run", ["a-", "A-", "_-", "-11", "\n"])
+def test_a_crafted_message_does_not_hold_the_app(run):
+    """Attack: 20,000 characters of a repeated pair. Each took seconds (the square of the run's
+    length) in one regex, and `re` holds the GIL, so every chat froze while it ran."""
+    crafted = "How long is the K90? " + run * (20_000 // len(run))
+    slowest = 0.0
+    for question, answer, sources in [
+        (crafted, "The K90 is 80 metres.", TURBINES),  # the question, as typed
+        ("How long is the K90?", crafted, TURBINES),  # an answer that echoes it
+        ("How long is the K90?", "The K90 is 80 metres.", [Source("odd.md", crafted)]),
+    ]:
+        started = time.perf_counter()
+        supporting_sentences(question, sources)
+        unsupported_terms(answer, sources)
+        slowest = max(slowest, time.perf_counter() - started)
+    assert slowest < 1.0  # 2 to 8 s before (one run, 2 busy cores), 0.04-0.1 s now
+
+
 @pytest.mark.parametrize("question", ["", "   ", "?", "the of and", "🌬️" * 1000, "K90 " * 5000])
 def test_odd_questions_do_not_raise(question, caplog):
     quotes = supporting_sentences(question, TURBINES)
