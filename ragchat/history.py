@@ -35,6 +35,7 @@ upgraded in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -340,6 +341,22 @@ class LocalStorage(BaseStorageClient):
         pass
 
 
+class OwnerUnreadable(Exception):
+    """The read an ownership check needs failed: a write it guards must not go ahead as if
+    the thread were nobody's."""
+
+
+def _refused_when_owner_unreadable(write: Callable) -> Callable:
+    @functools.wraps(write)
+    async def checked(self: HistoryDataLayer, *args: Any, **kwargs: Any) -> None:
+        try:
+            await write(self, *args, **kwargs)
+        except OwnerUnreadable:
+            log.error("Chat history: refused %s: its owner could not be read", write.__name__)
+
+    return checked
+
+
 class HistoryDataLayer(SQLAlchemyDataLayer):
     def __init__(self, schema: HistorySchema, files_folder: Path):
         schema.migrate()
@@ -396,6 +413,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
 
     # Threads
 
+    @_refused_when_owner_unreadable
     async def update_thread(
         self,
         thread_id: str,
@@ -416,13 +434,14 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
             tags=json.dumps(tags) if tags is not None else None,  # type: ignore[arg-type]
         )
 
+    @_refused_when_owner_unreadable
     async def delete_thread(self, thread_id: str) -> None:
         if await self._may_write(thread_id, "the deletion of a conversation"):
             await super().delete_thread(thread_id)
 
     async def get_thread_author(self, thread_id: str) -> str | None:  # type: ignore[override]
         """The thread's owner; None for an unknown thread, which the base layer raised for."""
-        rows = await self.execute_sql(
+        rows = await self._owner_read(
             'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id}
         )
         return rows[0]["userIdentifier"] if rows else None
@@ -455,6 +474,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
 
     # Steps
 
+    @_refused_when_owner_unreadable
     async def create_step(self, step_dict: dict) -> None:  # type: ignore[override]
         unknown = set(step_dict) - self.columns["steps"] - {"feedback"}
         if unknown:
@@ -487,6 +507,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
             return False
         return await self._may_write(row.get("threadId") or "", "a step")
 
+    @_refused_when_owner_unreadable
     async def delete_step(self, step_id: str) -> None:
         thread_id = await self._thread_of("steps", step_id)
         if thread_id is None or await self._may_write(thread_id, "a step's deletion"):
@@ -494,10 +515,17 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
 
     async def _thread_of(self, table: str, row_id: object) -> str | None:
         """The thread a stored step or element belongs to, None when there is no such row."""
-        rows = await self.execute_sql(
+        rows = await self._owner_read(
             f'SELECT "threadId" FROM {table} WHERE "id" = :id', {"id": row_id}
         )
         return rows[0]["threadId"] if rows else None
+
+    async def _owner_read(self, query: str, parameters: dict) -> list[dict]:
+        # execute_sql answers a failure with None, which would read as "no such row".
+        rows = await self.execute_sql(query, parameters)
+        if not isinstance(rows, list):
+            raise OwnerUnreadable
+        return rows
 
     async def owner_of_step(self, step_id: str) -> str | None:
         rows = await self.execute_sql(
@@ -542,6 +570,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
             **{key: row.get(key) for key in ElementDict.__annotations__ if key != "path"}
         )
 
+    @_refused_when_owner_unreadable
     async def create_element(self, element: Any) -> None:
         # Chainlit's element routes take the element, its id and its thread from the browser,
         # and the base layer's upsert would move an element of any thread into the one named.
@@ -561,6 +590,7 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
                 await self.update_thread(element.thread_id)
             await super().create_element(element)
 
+    @_refused_when_owner_unreadable
     async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
         # The thread that counts is the element's own, not the one the browser named.
         stored = await self._thread_of("elements", element_id)

@@ -525,6 +525,47 @@ async def test_elements_of_another_users_thread_are_neither_written_nor_deleted(
     await refuses_elements_of_another_users_thread(layer, layer)
 
 
+async def test_a_write_whose_owner_cannot_be_read_is_refused(
+    layer: HistoryDataLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed ownership read (a dropped connection, a pool timeout) looked like "no such
+    thread, nobody's yet", and the write it guarded went through: bob took alice's thread."""
+    alice = await conversation(layer)
+    await conversation(layer, who="bob")
+    tables = ("threads", "steps", "elements")
+    before = {t: await rows(layer, f"SELECT * FROM {t} ORDER BY id") for t in tables}
+    files = sorted(layer.storage.folder.rglob("*"))
+    [(bobs_id,)] = await rows(layer, 'SELECT "id" FROM users WHERE "identifier" = \'bob\'')
+    execute_sql = layer.execute_sql
+
+    async def owner_reads_failing(query: str, parameters: dict):
+        if query.startswith(('SELECT "userIdentifier" FROM threads', 'SELECT "threadId" FROM')):
+            query = "SELECT * FROM a_table_gone_with_the_connection"
+        return await execute_sql(query, parameters)
+
+    monkeypatch.setattr(layer, "execute_sql", owner_reads_failing)
+    acting_as("bob")
+    with caplog.at_level(logging.ERROR, logger="ragchat.history"):
+        await layer.update_thread(alice["thread"], name="mine now", user_id=bobs_id)
+        await layer.create_step(
+            {"id": str(uuid.uuid4()), "threadId": alice["thread"], "name": "bob",
+             "type": "assistant_message", "output": "planted", "streaming": False}
+        )  # fmt: skip
+        await layer.create_element(
+            cl.Text(
+                name="n", content="planted", for_id=alice["question"], thread_id=alice["thread"]
+            )
+        )
+        await layer.delete_element(alice["element"].id)
+        await layer.delete_step(alice["answer"])
+        await layer.delete_thread(alice["thread"])
+    monkeypatch.undo()
+
+    assert {t: await rows(layer, f"SELECT * FROM {t} ORDER BY id") for t in tables} == before
+    assert sorted(layer.storage.folder.rglob("*")) == files
+    assert caplog.text.count("its owner could not be read") == 6
+
+
 async def test_an_unknown_threads_author_is_none(layer: HistoryDataLayer) -> None:
     alice = await conversation(layer)
     assert await layer.get_thread_author(alice["thread"]) == "alice"
