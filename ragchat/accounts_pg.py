@@ -103,14 +103,14 @@ class PgAccounts:
         except OperationalError as error:
             raise ConfigError(
                 f"Invalid setting DATABASE_URL='{database.shown(url)}': cannot reach the "
-                f"database ({_first_line(error)}); check that the server runs and that the host, "
-                "port, user, password and database name are right"
+                f"database ({database.driver_message(error)}); check that the server runs and "
+                "that the host, port, user, password and database name are right"
             ) from None
         except SQLAlchemyError as error:
             raise ConfigError(
                 f"Invalid setting DATABASE_URL='{database.shown(url)}': cannot create the "
-                f"accounts tables ({_first_line(error)}); the user must be allowed to create "
-                "tables in that database"
+                f"accounts tables ({database.driver_message(error)}); the user must be allowed "
+                "to create tables in that database"
             ) from None
 
     def insert(self, username: str, password_hash: str, role: Role, session_key: str) -> bool:
@@ -231,6 +231,3 @@ class PgAccounts:
             ).scalar_one()
 
 
-def _first_line(error: SQLAlchemyError) -> str:
-    """The driver's own message, without SQLAlchemy's SQL and background link."""
-    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]

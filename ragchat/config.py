@@ -243,8 +243,8 @@ class Settings(BaseSettings):
                 f"LLM_CONTEXT_WINDOW ({self.llm_context_window}) leaves no room for the question: "
                 f"TOP_K ({self.top_k}) passages of CHUNK_SIZE ({self.chunk_size}) tokens and an "
                 f"answer of LLM_MAX_TOKENS ({self.llm_max_tokens}) need about "
-                f"{self.llm_context_window - self.prompt_room + QUESTION_ROOM_MIN}; raise LLM_CONTEXT_WINDOW "
-                "or lower the others"
+                f"{self.llm_context_window - self.prompt_room + QUESTION_ROOM_MIN}; raise "
+                "LLM_CONTEXT_WINDOW or lower the others"
             )
         if self.openai_api_key is None and self.rag_backend == "assistant":
             raise ValueError(

@@ -103,3 +103,10 @@ def storable(value: str) -> str:
     asyncpg nor SQLite's driver can encode a lone surrogate (the write failed, the message was
     lost); each becomes U+FFFD."""
     return _SURROGATE.sub("\ufffd", value.replace("\x00", "\ufffd"))
+
+
+def driver_message(error: Exception) -> str:
+    """The first line of the driver's own message ("... port 5432 failed: Connection refused"),
+    without the SQL and background link SQLAlchemy adds."""
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

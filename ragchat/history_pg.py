@@ -77,7 +77,7 @@ class PostgresHistory:
         return True
 
     def _unusable(self, error: DBAPIError) -> HistorySchemaError:
-        reason = str(error.orig).strip().splitlines()[0]
+        reason = database.driver_message(error)
         return HistorySchemaError(
             f"DATABASE_URL {database.shown(self.url)} cannot be used for the chat history "
             f"({reason}): check that the server runs, and that the URL's user may create tables"

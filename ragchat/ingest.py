@@ -1,5 +1,6 @@
 """The local index: DATA_DIR's documents as chunks (in LanceDB, or in PostgreSQL), kept in step
-with the files there, which are the source of truth. Which files are read, and why one is refused: documents.py.
+with the files there, which are the source of truth. Which files are read, and why one is
+refused: documents.py.
 
 A sync reads only what changed. Each file's documents (one per PDF page, one for other types)
 have stable ids, `<path inside DATA_DIR>#<n>`, and llama_index's ingestion pipeline upserts them

@@ -30,7 +30,7 @@ from sqlalchemy import Column, Engine, MetaData, Table, Text, bindparam, exc, te
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from ragchat.config import ConfigError
-from ragchat.database import engine, lock_key, shown, storable
+from ragchat.database import driver_message, engine, lock_key, shown, storable
 
 # Past this many chunks the embeddings get an HNSW index, built once over what is there (a graph
 # built in one go finds more of the true neighbours than one grown chunk by chunk) and kept up to
@@ -158,10 +158,14 @@ def prepare(url: str) -> None:
     if not): better a clear message at start than a traceback at the first document."""
     try:
         with engine(url).begin() as connection:
+            # Two first starts at once would both create it, and one fail on pg_extension's
+            # unique index: IF NOT EXISTS is not safe against a concurrent CREATE.
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("ragchat pgvector")}
+            )
             connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
     except exc.OperationalError as error:
-        # psycopg's first line says what failed ("... port 5432 failed: Connection refused").
-        reason = str(error.orig or error).strip().splitlines()[0]
+        reason = driver_message(error)
         raise ConfigError(
             f"DATABASE_URL {shown(url)} cannot be reached ({reason}): check that the server runs"
             " and that the URL's host, port, user and password are right"
@@ -169,7 +173,7 @@ def prepare(url: str) -> None:
     except exc.DBAPIError as error:
         raise ConfigError(
             f"DATABASE_URL {shown(url)} has no pgvector and ragchat may not add it "
-            f"({str(error.orig).strip().splitlines()[0]}): enable the extension `vector` (on "
+            f"({driver_message(error)}): enable the extension `vector` (on "
             "Upsun: `configuration: extensions: [vector]` in the postgresql service)"
         ) from None
 

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from ragchat.config import ConfigError, load_settings
 from ragchat.ingest import Library
 from ragchat.models import build_embed_model
-from ragchat.pg_index import HNSW, PgStore
+from ragchat.pg_index import HNSW, PgStore, prepare
 from ragchat.retrieval import build_retriever
 
 from .postgres_server import new_database, psql
@@ -226,3 +226,25 @@ def test_an_unreachable_database_is_a_one_line_error_without_the_password(
     )
     assert "check that the server runs" in message
     assert "s3cret" not in message and "\n" not in message
+
+
+def test_instances_starting_together_on_a_database_without_pgvector_add_it_once(
+    database: str,
+) -> None:
+    # Two first starts at once both ran CREATE EXTENSION IF NOT EXISTS, and one could fail on
+    # pg_extension's unique index, which read as "has no pgvector" and stopped that instance.
+    start = threading.Barrier(6)
+
+    def start_instance(number: int) -> str:
+        start.wait()
+        try:
+            prepare(f"{database}?application_name=instance{number}")
+        except ConfigError as error:
+            return str(error)
+        return "started"
+
+    for _ in range(5):
+        psql(database, "DROP EXTENSION vector")
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(start_instance, range(6))) == ["started"] * 6
+        assert psql(database, "SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == "1\n"

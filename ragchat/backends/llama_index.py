@@ -1,5 +1,5 @@
-"""The local backend: retrieval over the local index (LanceDB, or PostgreSQL), answers from llama_index's
-condense-plus-context chat engine."""
+"""The local backend: retrieval over the local index (LanceDB, or PostgreSQL), answers from
+llama_index's condense-plus-context chat engine."""
 
 from __future__ import annotations
 
