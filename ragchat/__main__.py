@@ -61,6 +61,9 @@ def migrate(target: str | None, replace: bool) -> None:
     compare the counts. Nothing is deleted from the files."""
     setup_logging()
     logging.getLogger("ragchat").setLevel(logging.WARNING)
+    # A copy the server stops ends psycopg's batch with "error ignored terminating Pipeline
+    # ... pipeline aborted", a second line about the error the command reports.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     from ragchat.history import HistorySchemaError
     from ragchat.migrate import MigrationRefused, check, migrate
 

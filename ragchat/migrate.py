@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Boolean, Engine, MetaData, Table, create_engine, func, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from ragchat import database
 from ragchat.config import Settings
@@ -59,12 +60,19 @@ def migrate(
         _empty(target)
     _refuse_unless_empty(target)
     counts = []
-    say("Accounts...")
-    counts += _copy_accounts(source, target)
-    say("Conversations...")
-    counts += _copy_history(source, target)
-    say("Index...")
-    counts += copy_index(source, target)
+    try:
+        say("Accounts...")
+        counts += _copy_accounts(source, target)
+        say("Conversations...")
+        counts += _copy_history(source, target)
+        say("Index...")
+        counts += copy_index(source, target)
+    except SQLAlchemyError as error:
+        raise MigrationRefused(
+            f"the copy into {database.shown(url)} stopped ({database.driver_message(error)}); "
+            "the files are as they were. Put right what stopped it, then run the same command "
+            "with --replace to start the copy over"
+        ) from None
     return counts
 
 
@@ -109,30 +117,37 @@ def _empty(target: Settings) -> None:
 
 
 def _copy_accounts(source: Settings, target: Settings) -> list[Counted]:
-    from ragchat.accounts_pg import AUTH_SECRET, app_secrets
+    from sqlalchemy.dialects.postgresql import insert as upsert
+
+    from ragchat.accounts_pg import AUTH_SECRET, accounts, app_secrets
     from ragchat.auth import user_store
 
+    there = user_store(target).tables
     if not source.db_path.exists():
-        return [Counted("accounts", 0, user_store(target).count())]
-    here, there = user_store(source).tables, user_store(target).tables
-    rows = here.all()
-    for username, password_hash, role, disabled, session_key in rows:
-        there.insert(username, password_hash, role, session_key or "")
-        if disabled:
-            there.update(username, {"disabled": True})
-    # Sessions signed with the generated secret stay valid (CHAINLIT_AUTH_SECRET, when set,
-    # signs them instead, and stays as it is).
-    secret_file = source.db_path.parent / "chainlit_auth_secret"
-    if secret_file.exists():
-        from sqlalchemy.dialects.postgresql import insert as upsert
-
-        with database.engine(target.database_url).begin() as connection:
+        return [Counted("accounts", 0, there.count())]
+    rows = user_store(source).tables.all()
+    # One transaction, each account whole: a disabled account is never in the target enabled,
+    # not even while the copy runs (on Upsun the scaled deployment may already be serving).
+    with database.engine(target.database_url).begin() as connection:
+        if rows:
+            connection.execute(
+                insert(accounts),
+                [
+                    {"username": name, "password_hash": hashed, "role": role,
+                     "disabled": bool(disabled), "session_key": key}
+                    for name, hashed, role, disabled, key in rows
+                ],
+            )  # fmt: skip
+        # Sessions signed with the generated secret stay valid (CHAINLIT_AUTH_SECRET, when set,
+        # signs them instead, and stays as it is).
+        secret_file = source.db_path.parent / "chainlit_auth_secret"
+        if secret_file.exists():
             connection.execute(
                 upsert(app_secrets)
                 .values(name=AUTH_SECRET, value=secret_file.read_text().strip())
                 .on_conflict_do_nothing()
             )
-    return [Counted("accounts", len(rows), len(there.all()))]
+    return [Counted("accounts", len(rows), there.count())]
 
 
 def _copy_history(source: Settings, target: Settings) -> list[Counted]:

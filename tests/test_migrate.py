@@ -14,12 +14,12 @@ import pytest
 
 from ragchat.auth import user_store
 from ragchat.config import load_settings
-from ragchat.history import history_layer
+from ragchat.history import history_layer, history_schema
 from ragchat.ingest import Library
 from ragchat.migrate import MigrationRefused, check, migrate
 
 from .conftest import ROOT, environ_without_settings
-from .postgres_server import new_database
+from .postgres_server import new_database, psql
 from .test_history import conversation
 from .test_ingest import embed_model  # noqa: F401  (the local embedding model, once)
 
@@ -154,3 +154,51 @@ def _comparable(thread: dict) -> dict:
         ),
         "elements": sorted((e["id"], e["name"], e["objectKey"]) for e in thread["elements"]),
     }
+
+
+async def test_a_copy_the_target_stops_is_one_line_and_replace_starts_it_over(
+    tmp_path: Path, postgres: str
+) -> None:
+    source = files_settings(tmp_path)
+    user_store(source).add(*ALICE)
+    layer = history_layer(source)
+    await conversation(layer)
+    await layer.close()
+    before = snapshot(tmp_path)
+    files = {
+        "DB_PATH": source.db_path,
+        "HISTORY_DB_PATH": source.history_db_path,
+        "HISTORY_FILES_DIR": source.history_files_dir,
+        "STORAGE_DIR": source.storage_dir,
+        "DATA_DIR": tmp_path / "data",
+    }
+    env = {**environ_without_settings(), **{key: str(path) for key, path in files.items()}}
+
+    def migrate_command(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "ragchat", "migrate", "--to", url, *extra],
+            env=env, cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+
+    with new_database(postgres) as url:
+        history_schema(source.model_copy(update={"database_url": url})).migrate()
+        # The server refuses part way, as a full disk would.
+        psql(
+            url,
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'could not extend file: No space left on device'; END $$; "
+            "CREATE TRIGGER disk_full BEFORE INSERT ON steps EXECUTE FUNCTION disk_full()",
+        )
+        stopped = migrate_command()
+        assert stopped.returncode == 1, stopped.stderr
+        assert stopped.stderr.strip().splitlines() == [
+            f"Error: the copy into {url} stopped (could not extend file: No space left on "
+            "device); the files are as they were. Put right what stopped it, then run the "
+            "same command with --replace to start the copy over"
+        ]
+        psql(url, "DROP TRIGGER disk_full ON steps")
+        assert "already holds 1 accounts, 1 conversations" in migrate_command().stderr
+        again = migrate_command("--replace")
+        assert again.returncode == 0, again.stderr
+        assert "steps: 4 here, 4 in PostgreSQL" in again.stdout
+    assert snapshot(tmp_path) == before
