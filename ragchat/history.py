@@ -360,7 +360,6 @@ def _refused_when_owner_unreadable(write: Callable) -> Callable:
 class HistoryDataLayer(SQLAlchemyDataLayer):
     def __init__(self, schema: HistorySchema, files_folder: Path):
         schema.migrate()
-        self.schema = schema
         self.columns = schema.columns()
         self.storage = LocalStorage(files_folder)
         self._step_writes = asyncio.Lock()
