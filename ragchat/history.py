@@ -277,11 +277,15 @@ def acting_user() -> str | None:
     routes, which check the thread's author before they write (routes.py makes that check
     answer alike for unknown and foreign threads). Those writes are not checked here: there is
     no user to check them against, and refusing them would refuse every rename and deletion."""
+    user = _session_user()
+    return user.identifier if user is not None else None
+
+
+def _session_user() -> User | None:
     try:
-        user = context.session.user
+        return context.session.user
     except ChainlitContextException:
         return None
-    return user.identifier if user is not None else None
 
 
 def cut_for_history(message: str) -> str:
@@ -423,8 +427,15 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
     ) -> None:
         if not is_uuid(thread_id):
             raise ValueError(f"refused to store a thread whose id is not a UUID: {thread_id!r}")
-        if not await self._may_write(thread_id, "a change to a conversation"):
+        user, owner = acting_user(), await self.get_thread_author(thread_id)
+        if not self._permits(user, owner, "a change to a conversation"):
             return
+        session_user = _session_user()
+        if owner is None and user_id is None and isinstance(session_user, PersistedUser):
+            # Chainlit names a new thread's owner in a task of its own (emitter.init_thread),
+            # after the first step has made the thread: until then a reconnect to it was refused
+            # ("Authorization for the thread failed") and anyone could write into it.
+            user_id = session_user.id
         await super().update_thread(
             thread_id,
             name=thread_title(name) if name is not None else None,
@@ -449,10 +460,11 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         """Whether the acting user may write into this thread: theirs, or nobody's yet (Chainlit
         writes a thread's first step before it names the thread's owner)."""
         user = acting_user()
-        if user is None:
-            return True
-        owner = await self.get_thread_author(thread_id)
-        if owner is None or owner == user:
+        return user is None or self._permits(user, await self.get_thread_author(thread_id), what)
+
+    @staticmethod
+    def _permits(user: str | None, owner: str | None, what: str) -> bool:
+        if user is None or owner is None or owner == user:
             return True
         log.warning("Chat history: refused %s by %s: it belongs to another user", what, user)
         return False

@@ -525,6 +525,34 @@ async def test_elements_of_another_users_thread_are_neither_written_nor_deleted(
     await refuses_elements_of_another_users_thread(layer, layer)
 
 
+async def test_a_thread_belongs_to_its_user_from_its_first_step(
+    layer: HistoryDataLayer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chainlit names a new thread's owner in a task of its own (emitter.init_thread), after
+    the first step has made the thread. Until then a reconnect to it was refused ("Authorization
+    for the thread failed", seen under load in CI) and anyone's session could write into it."""
+    alice = await layer.create_user(User(identifier="alice"))
+    await layer.create_user(User(identifier="bob"))
+    thread_id = str(uuid.uuid4())
+    init_http_context(user=alice)  # alice's session, as Chainlit gives it: a PersistedUser
+    await layer.create_step(
+        {"id": str(uuid.uuid4()), "threadId": thread_id, "name": "alice",
+         "type": "user_message", "output": "Where do otters sleep?", "streaming": False}
+    )  # fmt: skip
+    assert await layer.get_thread_author(thread_id) == "alice"
+
+    acting_as("bob")
+    with caplog.at_level(logging.WARNING, logger="ragchat.history"):
+        await layer.create_step(
+            {"id": str(uuid.uuid4()), "threadId": thread_id, "name": "bob",
+             "type": "assistant_message", "output": "planted", "streaming": False}
+        )  # fmt: skip
+    assert [row[0] for row in await rows(layer, 'SELECT "output" FROM steps')] == [
+        "Where do otters sleep?"
+    ]
+    assert "refused a step by bob" in caplog.text
+
+
 async def test_a_write_whose_owner_cannot_be_read_is_refused(
     layer: HistoryDataLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
