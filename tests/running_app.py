@@ -186,9 +186,17 @@ def ask(page: Page, question: str, timeout: float = 180_000) -> None:
     """Ask in the chat and wait for the answer to come with its sources."""
     answers = page.locator(ANSWER)
     before = answers.count()
-    page.locator("#chat-input").fill(question)
-    page.keyboard.press("Enter")
+    send(page, question)
     expect(answers.nth(before)).to_contain_text("Sources:", timeout=timeout)
+
+
+def send(page: Page, text: str) -> None:
+    """Type `text` in the chat and send it once the chat takes it, as a person would: while a
+    task runs (on_chat_start has shown the welcome but not returned) Chainlit shows a stop
+    button in place of the send button, and Enter sends nothing (a flaky test in CI)."""
+    page.locator("#chat-input").fill(text)
+    expect(page.locator("#chat-submit")).to_be_enabled(timeout=60_000)
+    page.keyboard.press("Enter")
 
 
 def send_with_file(page: Page, name: str, mime: str, content: bytes, text: str) -> Response:
@@ -200,11 +208,9 @@ def send_with_file(page: Page, name: str, mime: str, content: bytes, text: str) 
             files=[{"name": name, "mimeType": mime, "buffer": content}]
         )
     assert uploaded.value.status == 200, uploaded.value.text()
-    page.locator("#chat-input").fill(text)
     # Chainlit keeps the send button disabled until it has marked the attachment uploaded, a
-    # moment after the response: Enter pressed before then sends nothing.
-    expect(page.locator("#chat-submit")).to_be_enabled()
-    page.keyboard.press("Enter")
+    # moment after the response: send() waits for it.
+    send(page, text)
     return uploaded.value
 
 

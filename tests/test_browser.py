@@ -17,6 +17,7 @@ from .running_app import (  # noqa: F401  (re-exported for the other browser tes
     RunningApp,
     free_port,
     running_app,
+    send,
     send_with_file,
     sign_in,
     wait_until_served,
@@ -124,8 +125,7 @@ def test_question_gets_a_streamed_answer_with_its_source(page: Page) -> None:
     # Record every length the answer is seen at while it is written; a streamed answer grows
     # in many steps, an answer sent whole appears at once.
     page.evaluate(RECORD_ANSWER_LENGTHS)
-    page.locator("#chat-input").fill("Which file types are supported?")
-    page.keyboard.press("Enter")
+    send(page, "Which file types are supported?")
 
     answer = page.locator(ANSWER).nth(1)
     expect(answer).to_contain_text("Sources:", timeout=180_000)
@@ -151,13 +151,11 @@ def test_a_starter_question_is_asked_with_one_click(page: Page) -> None:
 
 
 def test_an_over_long_message_gets_a_clear_refusal_and_the_chat_goes_on(page: Page) -> None:
-    page.locator("#chat-input").fill("Why? " * 2000)
-    page.keyboard.press("Enter")
+    send(page, "Why? " * 2000)
     expect(page.get_by_text("the model reads at most")).to_be_visible(timeout=60_000)
     expect(page.get_by_text("Shorten it, or ask about one part at a time.")).to_be_visible()
 
-    page.locator("#chat-input").fill("Which models does ragchat use?")
-    page.keyboard.press("Enter")
+    send(page, "Which models does ragchat use?")
     answer = page.locator(ANSWER).last
     expect(answer).to_contain_text("Sources:", timeout=180_000)
 
@@ -198,8 +196,7 @@ def test_a_file_copied_into_data_is_answered_within_ten_seconds(
         "Quokkas are small marsupials that live on Rottnest Island."
     )
     page.wait_for_timeout(10_000)
-    page.locator("#chat-input").fill("Where do quokkas live?")
-    page.keyboard.press("Enter")
+    send(page, "Where do quokkas live?")
     answer = page.locator(ANSWER).nth(1)
     expect(answer).to_contain_text("Sources:", timeout=180_000)
     expect(sources_of(answer).first).to_have_text("quokkas.md")
@@ -212,8 +209,7 @@ def test_the_settings_panel_changes_how_many_passages_are_retrieved(page: Page) 
     page.get_by_role("option", name="words", exact=True).click()
     page.locator("#confirm").click()
 
-    page.locator("#chat-input").fill("Which setting points ragchat at an OpenAI-compatible server?")
-    page.keyboard.press("Enter")
+    send(page, "Which setting points ragchat at an OpenAI-compatible server?")
     expect(page.locator(ANSWER).nth(1)).to_contain_text("Sources:", timeout=180_000)
     page.get_by_text("Used Retrieve").click()
     retrieved = page.locator('[data-step-type="retrieval"]')

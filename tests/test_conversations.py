@@ -19,6 +19,7 @@ from .running_app import (
     history_rows,
     resume_from_sidebar,
     running_app_on,
+    send,
     signed_in,
     stored_rows,
 )
@@ -71,8 +72,7 @@ def test_a_conversation_resumes_from_the_sidebar_and_keeps_its_context(
 
 
 def test_an_honest_nothing_found_has_no_pdf_to_download(page: Page) -> None:
-    page.locator("#chat-input").fill("Who won the football world cup?")
-    page.keyboard.press("Enter")
+    send(page, "Who won the football world cup?")
     answer = page.locator('[data-step-type="assistant_message"]').nth(1)
     expect(answer).to_contain_text("I found nothing in the documents", timeout=180_000)
     expect(answer.get_by_role("button", name="Download PDF")).to_have_count(0)

@@ -23,6 +23,7 @@ import yaml
 from playwright.sync_api import Page, expect, sync_playwright
 
 from .conftest import ROOT, environ_without_settings
+from .running_app import send
 from .test_browser import (
     ANSWER,
     CHROMIUM,
@@ -113,8 +114,7 @@ def page(deployed) -> Iterator[Page]:
 
 def ask(page: Page, question: str):
     before = page.locator(ANSWER).count()  # .last would still be the previous answer
-    page.locator("#chat-input").fill(question)
-    page.keyboard.press("Enter")
+    send(page, question)
     answer = page.locator(ANSWER).nth(before)
     expect(answer).to_contain_text("Sources:", timeout=180_000)
     return answer

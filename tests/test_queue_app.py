@@ -18,6 +18,7 @@ from .running_app import (
     RunningApp,
     open_chat,
     running_app,
+    send,
     signed_in,
 )
 from .socket_client import ChatClient
@@ -98,11 +99,9 @@ def test_in_the_browser_the_notice_shows_while_waiting_and_goes_when_the_answer_
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         ann = open_chat(browser.new_page(), app, *ANN)
         bob = open_chat(browser.new_page(), app, *BOB)
-        ann.locator("#chat-input").fill(QUESTION)
-        ann.keyboard.press("Enter")
+        send(ann, QUESTION)
         expect(ann.locator(ANSWER).nth(1)).not_to_be_empty(timeout=120_000)  # ann is answered
-        bob.locator("#chat-input").fill("How do I add my own documents?")
-        bob.keyboard.press("Enter")
+        send(bob, "How do I add my own documents?")
         notice = bob.locator(ANSWER).filter(has_text="Waiting for the model")
         expect(notice).to_have_text(
             re.compile(r"Waiting for the model: your question is next"), timeout=2_000

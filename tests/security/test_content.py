@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, expect
 
 from ragchat.history import FILES_ROUTE
 
-from ..running_app import ANSWER, RunningApp, open_chat, send_with_file
+from ..running_app import ANSWER, RunningApp, open_chat, send, send_with_file
 from .conftest import ALICE, CAROL, signed_in, stored_rows
 from .other_site import other_site
 
@@ -99,8 +99,7 @@ def test_markdown_images_from_other_sites_are_not_fetched(
         )
 
         # First, so that the message below does not become part of the search.
-        page.locator("#chat-input").fill("What are quokkas in the Rottnest enclosure fed?")
-        page.keyboard.press("Enter")
+        send(page, "What are quokkas in the Rottnest enclosure fed?")
         answer = page.locator(ANSWER).last
         expect(answer).to_contain_text("Sources:", timeout=180_000)
         # The last link: the one in the closing "Sources:" line (the quotes link it too).
@@ -109,10 +108,7 @@ def test_markdown_images_from_other_sites_are_not_fetched(
         time.sleep(2)  # time enough for the request the image would make
         assert tracker.requests == [], "a document's image was fetched from another site"
 
-        page.locator("#chat-input").fill(
-            f"Look at this: ![pixel]({tracker.url}/pixel.png?from=message)"
-        )
-        page.keyboard.press("Enter")
+        send(page, f"Look at this: ![pixel]({tracker.url}/pixel.png?from=message)")
         expect(
             page.locator('[data-step-type="user_message"] img[src*="from=message"]')
         ).to_have_count(1, timeout=30_000)

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from ragchat.web_security import OriginGuard
 
-from ..running_app import ANSWER, RunningApp, free_port, open_chat, running_app
+from ..running_app import ANSWER, RunningApp, free_port, open_chat, running_app, send
 from .conftest import ALICE, history_rows, stored_rows
 from .other_site import other_site
 
@@ -112,8 +112,7 @@ def test_a_page_of_another_origin_can_neither_read_nor_chat_as_the_user(
 ) -> None:
     context = signed_in_context(browser, app, ALICE)
     chat = context.pages[0]
-    chat.locator("#chat-input").fill("What does ragchat do?")
-    chat.keyboard.press("Enter")
+    send(chat, "What does ragchat do?")
     [thread] = stored_rows(
         app, 'SELECT "id" FROM threads WHERE "userIdentifier" = ? LIMIT 1', ALICE[0]
     )
