@@ -367,11 +367,6 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         self.columns = schema.columns()
         self.storage = LocalStorage(files_folder)
         self._step_writes = asyncio.Lock()
-        # Chainlit's update_thread reads a thread's metadata, merges and writes it all back; run
-        # at once (the chat's state saved, the thread named, a closing tab's session saved),
-        # one wrote back what it read before the other's write, and the assistant's state was
-        # lost. A thread's session lives in one process (sticky on Upsun), so a lock here does.
-        self._thread_writes = asyncio.Lock()
         engine = schema.engine()
         super().__init__(
             conninfo=engine.url.render_as_string(hide_password=False), storage_provider=self.storage
@@ -432,23 +427,22 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
     ) -> None:
         if not is_uuid(thread_id):
             raise ValueError(f"refused to store a thread whose id is not a UUID: {thread_id!r}")
-        async with self._thread_writes:
-            user, owner = acting_user(), await self.get_thread_author(thread_id)
-            if not self._permits(user, owner, "a change to a conversation"):
-                return
-            session_user = _session_user()
-            if owner is None and user_id is None and isinstance(session_user, PersistedUser):
-                # Chainlit names a new thread's owner in a task of its own (init_thread), after
-                # the first step has made the thread: until then a reconnect to it was refused
-                # ("Authorization for the thread failed") and anyone could write into it.
-                user_id = session_user.id
-            await super().update_thread(
-                thread_id,
-                name=thread_title(name) if name is not None else None,
-                user_id=user_id,
-                metadata=metadata,
-                tags=json.dumps(tags) if tags is not None else None,  # type: ignore[arg-type]
-            )
+        user, owner = acting_user(), await self.get_thread_author(thread_id)
+        if not self._permits(user, owner, "a change to a conversation"):
+            return
+        session_user = _session_user()
+        if owner is None and user_id is None and isinstance(session_user, PersistedUser):
+            # Chainlit names a new thread's owner in a task of its own (init_thread), after
+            # the first step has made the thread: until then a reconnect to it was refused
+            # ("Authorization for the thread failed") and anyone could write into it.
+            user_id = session_user.id
+        await super().update_thread(
+            thread_id,
+            name=thread_title(name) if name is not None else None,
+            user_id=user_id,
+            metadata=metadata,
+            tags=json.dumps(tags) if tags is not None else None,  # type: ignore[arg-type]
+        )
 
     @_refused_when_owner_unreadable
     async def delete_thread(self, thread_id: str) -> None:

@@ -553,22 +553,6 @@ async def test_a_thread_belongs_to_its_user_from_its_first_step(
     assert "refused a step by bob" in caplog.text
 
 
-async def test_thread_updates_at_once_keep_each_others_metadata(layer: HistoryDataLayer) -> None:
-    """Chainlit's update_thread reads the metadata, merges, and writes it all back, and it runs
-    at once from several tasks (the chat's state saved as an answer completes; the thread
-    named; the session saved as a tab closes): the assistant's state was lost (seen in CI)."""
-    ids = await conversation(layer)
-    await asyncio.gather(
-        layer.update_thread(ids["thread"], name="Renamed"),
-        *(layer.update_thread(ids["thread"], metadata={f"key{i}": i}) for i in range(8)),
-    )
-    thread = await layer.get_thread(ids["thread"])
-    assert {key: value for key, value in thread["metadata"].items() if key[:3] == "key"} == {
-        f"key{i}": i for i in range(8)
-    }
-    assert thread["metadata"]["chat_settings"] == {"top_k": 3} and thread["name"] == "Renamed"
-
-
 async def test_a_write_whose_owner_cannot_be_read_is_refused(
     layer: HistoryDataLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
