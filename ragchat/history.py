@@ -427,15 +427,15 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
     ) -> None:
         if not is_uuid(thread_id):
             raise ValueError(f"refused to store a thread whose id is not a UUID: {thread_id!r}")
-        user, owner = acting_user(), await self.get_thread_author(thread_id)
-        if not self._permits(user, owner, "a change to a conversation"):
-            return
-        session_user = _session_user()
-        if owner is None and user_id is None and isinstance(session_user, PersistedUser):
-            # Chainlit names a new thread's owner in a task of its own (init_thread), after
-            # the first step has made the thread: until then a reconnect to it was refused
-            # ("Authorization for the thread failed") and anyone could write into it.
-            user_id = session_user.id
+        if (user := _session_user()) is not None:
+            owner = await self.get_thread_author(thread_id)
+            if not self._permits(user.identifier, owner, "a change to a conversation"):
+                return
+            if owner is None and user_id is None and isinstance(user, PersistedUser):
+                # Chainlit names a new thread's owner in a task of its own (init_thread), after
+                # the first step has made the thread: until then a reconnect to it was refused
+                # ("Authorization for the thread failed") and anyone could write into it.
+                user_id = user.id
         await super().update_thread(
             thread_id,
             name=thread_title(name) if name is not None else None,
@@ -463,8 +463,8 @@ class HistoryDataLayer(SQLAlchemyDataLayer):
         return user is None or self._permits(user, await self.get_thread_author(thread_id), what)
 
     @staticmethod
-    def _permits(user: str | None, owner: str | None, what: str) -> bool:
-        if user is None or owner is None or owner == user:
+    def _permits(user: str, owner: str | None, what: str) -> bool:
+        if owner is None or owner == user:
             return True
         log.warning("Chat history: refused %s by %s: it belongs to another user", what, user)
         return False
